@@ -1,0 +1,26 @@
+# `make test` and `make train` set up .venv themselves on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_WORKERS ?= 2
+
+.PHONY: install test train clean
+
+$(STAMP): requirements.txt requirements-test.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-test.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -q tests
+
+train: $(STAMP)
+	$(PY) -m phd_jax.main --config=configs/tiny.py --workdir=workdirs/tiny
+
+clean:
+	rm -rf $(VENV) workdirs .pytest_cache

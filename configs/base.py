@@ -1,0 +1,93 @@
+"""Defaults for every experiment; other config files start from `get_config()` here.
+
+Run any config with
+  python -m phd_jax.main --config=configs/tiny.py:PHD-CSWA-2-4-8 --workdir=/tmp/run
+where the text after ':' is the PHD variant (Vanilla, PHD-K, PHD-SWA-K-W-∞, PHD-CSWA-K-W-C)
+and any field can be overridden on the command line, e.g. --config.optim.lr=1e-3.
+"""
+
+import ml_collections
+
+
+def get_config(variant=None):
+  c = ml_collections.ConfigDict()
+
+  # PHD variant (PAPER.md): the name sets k, window and chunk.
+  c.phd = ml_collections.ConfigDict()
+  c.phd.variant = variant or "Vanilla"
+  c.phd.window_unit = "tokens"  # SWA window counted in hidden tokens, or "positions"
+  c.phd.positions = "shared"  # RoPE: every copy at pos(p); "expanded": K*pos(p) + copy
+
+  # Decoder shape (OLMo2 style). mlp_dim is the size of EACH of the gate and up projections.
+  c.model = ml_collections.ConfigDict()
+  c.model.vocab_size = 50304
+  c.model.d_model = 768
+  c.model.num_layers = 12
+  c.model.num_heads = 12
+  c.model.num_kv_heads = 4
+  c.model.head_dim = 64
+  c.model.mlp_dim = 2048
+  c.model.rope_theta = 500_000.0
+  c.model.norm_eps = 1e-6
+  c.model.norm_style = "reordered"  # OLMo2 norms after each sublayer; "pre" for Llama-style
+  c.model.qk_norm = True
+  c.model.tie_embeddings = False
+  c.model.init_std = 0.02
+  c.model.dtype = "float32"  # compute dtype: float32 or bfloat16 (params stay float32)
+  c.model.attention_impl = "auto"  # see phd_jax/attention/__init__.py
+  c.model.remat = "none"  # none | full | dots: activation rematerialisation per block
+
+  # Training. batch_size is the GLOBAL number of sequences per optimizer step, summed over
+  # all hosts and devices; each host loads batch_size / num_processes of them.
+  c.seed = 0
+  c.seq_len = 4096  # original tokens per sequence (the model runs K * seq_len copies)
+  c.batch_size = 512
+  c.microbatches = 1  # gradient accumulation: the step scans over this many slices
+  c.num_steps = 100_000
+  c.log_every = 50
+  c.eval_every = 1000  # validation loss every N steps (0 = never)
+  c.eval_batches = 8
+  c.profile_steps = ""  # e.g. "10:15" traces steps 10..14 with jax.profiler
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.schedule = "cosine"  # cosine | linear | wsd (warmup-stable-decay)
+  c.optim.lr = 4e-4  # peak learning rate
+  c.optim.warmup_steps = 2000
+  c.optim.min_lr_ratio = 0.1  # final lr = min_lr_ratio * lr
+  c.optim.decay_fraction = 0.2  # wsd: share of num_steps spent decaying
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.95
+  c.optim.eps = 1e-8
+  c.optim.weight_decay = 0.1  # not applied to norm scales nor embeddings (OLMo2)
+  c.optim.grad_clip = 1.0  # global-norm clipping (0 = off)
+  c.optim.z_loss = 0.0
+
+  # Device mesh. -1 fills with the remaining devices. dcn_* split the same axes across
+  # slices (TPU multislice) or nodes (GPU clusters); the product of each axis is ici * dcn.
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+  c.mesh.dcn_data = 1
+  c.mesh.dcn_fsdp = 1
+  c.mesh.dcn_tensor = 1
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "synthetic"  # synthetic | stdlib (embedded corpus) | tfds
+  c.data.name = ""  # tfds dataset name, e.g. "c4/en:3.1.0"
+  c.data.data_dir = ""  # local or gs:// directory of prepared array_record datasets
+  c.data.train_split = "train"
+  c.data.eval_split = "validation"
+  c.data.text_field = "text"
+  c.data.tokenizer = "byte"  # byte | sentencepiece | hf
+  c.data.tokenizer_path = ""  # model file for sentencepiece / tokenizer.json for hf
+  c.data.num_workers = 0  # grain worker processes (0 = in-process)
+  c.data.prefetch = 2
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every = 1000  # save every N steps (0 = only at the end)
+  c.checkpoint.keep = 3  # keep the last N
+  c.checkpoint.keep_period = 0  # also keep every N-th step forever (0 = off)
+  c.checkpoint.async_save = True
+  c.checkpoint.warm_start = ""  # path of another run's checkpoint: params only
+  return c

@@ -1,0 +1,36 @@
+"""The paper's 1.2B model (Table 1), OLMo2 architecture.
+
+  python -m phd_jax.main --config=configs/olmo2_1b.py:PHD-CSWA-3-16-32 --workdir=gs://BUCKET/phd_1b
+
+From the paper: 16 layers, d_model 2048, FFN 8192 per projection (the quoted 16384 counts
+gate and up together), 32 query / 8 kv heads of dim 64, 500B tokens, variants Vanilla,
+PHD-CSWA-2-16-32, PHD-CSWA-3-16-32. Parameters: 1,179,123,712 with vocabulary 50304.
+Paper results: loss 2.601 / 2.576 / 2.567; 7-task average 54.7 / 56.2 / 56.7.
+Ours (the paper is silent; OLMo2's recipe): seq_len 4096, batch 1024 sequences (4M
+tokens), 119,209 steps = 500B tokens, peak lr 4e-4, 2000 warmup steps, cosine to 10%,
+AdamW (0.9, 0.95, 1e-8), weight decay 0.1, clipping 1.0, bfloat16 compute, FSDP.
+"""
+
+from configs import base
+
+
+def get_config(variant=None):
+  c = base.get_config(variant or "PHD-CSWA-3-16-32")
+  c.model.vocab_size = 50304
+  c.model.d_model = 2048
+  c.model.num_layers = 16
+  c.model.num_heads = 32
+  c.model.num_kv_heads = 8
+  c.model.head_dim = 64
+  c.model.mlp_dim = 8192
+  c.model.dtype = "bfloat16"
+  c.model.remat = "full"
+  c.seq_len = 4096
+  c.batch_size = 1024
+  c.num_steps = 119_209
+  c.optim.lr = 4e-4
+  c.mesh.data = 1
+  c.mesh.fsdp = -1
+  c.data.source = "tfds"
+  c.data.tokenizer = "hf"
+  return c

@@ -1,0 +1,32 @@
+"""The reference: one softmax over the interleaved K*T sequence with the explicit PHD mask.
+
+Costs (K*T)^2 in compute and memory, K^2 times vanilla attention: exact and simple, the
+yardstick every faster implementation is tested against.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from phd_jax.masks import PHDSpec, spec_mask
+
+MASKED = -1e30  # finite, so fully masked rows (never produced by PHD) could not make NaNs
+
+
+def dense_attention(q_BTKHD, k_BTKGD, v_BTKGD, spec: PHDSpec, segment_ids_BT=None,
+                    positions_BT=None):
+  """Grouped-query attention under `phd_mask`; returns `[B, T, K, H, Dh]`."""
+  B, T, K, H, Dh = q_BTKHD.shape
+  G = k_BTKGD.shape[3]
+  q = q_BTKHD.reshape(B, T * K, G, H // G, Dh)
+  k = k_BTKGD.reshape(B, T * K, G, Dh)
+  v = v_BTKGD.reshape(B, T * K, G, Dh)
+  logits_BGRQS = jnp.einsum("bqgrd,bsgd->bgrqs", q, k,
+                            preferred_element_type=jnp.float32) * Dh**-0.5
+  mask = spec_mask(spec, T, segment_ids=segment_ids_BT, positions=positions_BT)
+  mask_BQS = jnp.broadcast_to(mask, (B, T * K, T * K))
+  logits_BGRQS = jnp.where(mask_BQS[:, None, None], logits_BGRQS, MASKED)
+  probs = jax.nn.softmax(logits_BGRQS, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bgrqs,bsgd->bqgrd", probs, v)
+  return out.reshape(B, T, K, H, Dh)

@@ -1,0 +1,205 @@
+"""The PHD attention rules, variant names and the explicit reference mask.
+
+Layout: the K copies of each token sit next to each other ("interleaved"): row/column
+``p * k + a`` is copy ``a`` of token ``p`` (copy 0 is the original token, copies 1..k-1
+are the hidden decoding tokens). Rows are queries; ``True`` means "may attend".
+
+Rules (PAPER.md, 0-based copies here):
+  R1  key copy 0 of an earlier token (q < p): every copy sees the originals before it.
+  R2  same token (q == p) and key copy <= query copy: causal among the copies.
+  SWA hidden queries also see the ``window`` hidden tokens before them in the hidden
+      stream (``window_unit="tokens"``), or every hidden copy of the ``window`` tokens
+      before them (``window_unit="positions"``).
+  CSWA the SWA window does not reach into an earlier chunk; chunks are counted over
+      in-document ``positions``, so packing does not move chunk boundaries.
+  Nothing is visible across different ``segment_ids`` (packed documents).
+
+This module imports nothing else of the project: every other layer builds on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+WINDOW_UNITS = ("tokens", "positions")
+POSITION_MODES = ("shared", "expanded")
+_INFINITE = ("∞", "inf")
+
+
+@dataclasses.dataclass(frozen=True)
+class PHDSpec:
+  """Settings of one PHD variant.
+
+  k: copies per token (1 = vanilla). window: SWA window over hidden tokens (0 = none).
+  chunk: CSWA chunk length in tokens (None = no chunks). window_unit: "tokens" counts
+  hidden tokens in the hidden stream, "positions" counts preceding tokens. positions:
+  RoPE position of copy a of token p: "shared" = pos(p), "expanded" = k*pos(p) + a.
+  """
+
+  k: int = 1
+  window: int = 0
+  chunk: int | None = None
+  window_unit: str = "tokens"
+  positions: str = "shared"
+
+  def __post_init__(self):
+    _check_int("k", self.k, minimum=1)
+    _check_int("window", self.window, minimum=0)
+    if self.chunk is not None:
+      _check_int("chunk", self.chunk, minimum=1)
+      if self.window == 0:
+        raise ValueError(f"chunk={self.chunk} needs a sliding window (window > 0); got window=0")
+    if self.window > 0 and self.k == 1:
+      raise ValueError(f"window={self.window} needs hidden copies (k > 1); got k=1")
+    if self.window_unit not in WINDOW_UNITS:
+      raise ValueError(f"window_unit must be one of {WINDOW_UNITS}; got {self.window_unit!r}")
+    if self.positions not in POSITION_MODES:
+      raise ValueError(f"positions must be one of {POSITION_MODES}; got {self.positions!r}")
+
+  @property
+  def name(self) -> str:
+    return variant_name(self)
+
+  @classmethod
+  def from_name(cls, name: str, **kwargs) -> "PHDSpec":
+    return parse_variant(name, **kwargs)
+
+
+def _check_int(field: str, value, minimum: int) -> None:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    raise ValueError(f"{field} must be an integer; got {value!r}")
+  if value < minimum:
+    raise ValueError(f"{field} must be >= {minimum}; got {value}")
+
+
+def variant_name(spec: PHDSpec) -> str:
+  """`Vanilla`, `PHD-K`, `PHD-SWA-K-W-∞` or `PHD-CSWA-K-W-C` (the paper's names)."""
+  if spec.k == 1:
+    return "Vanilla"
+  if spec.window == 0:
+    return f"PHD-{spec.k}"
+  if spec.chunk is None:
+    return f"PHD-SWA-{spec.k}-{spec.window}-∞"
+  return f"PHD-CSWA-{spec.k}-{spec.window}-{spec.chunk}"
+
+
+_NAME_PATTERNS = (
+    (re.compile(r"vanilla", re.I), lambda m: dict(k=1)),
+    (re.compile(r"phd-(\d+)", re.I), lambda m: dict(k=int(m[1]))),
+    (re.compile(r"phd-swa-(\d+)-(\d+)(?:-(∞|inf))?", re.I),
+     lambda m: dict(k=int(m[1]), window=int(m[2]))),
+    (re.compile(r"phd-cswa-(\d+)-(\d+)-(\d+)", re.I),
+     lambda m: dict(k=int(m[1]), window=int(m[2]), chunk=int(m[3]))),
+)
+
+
+def parse_variant(name: str, **kwargs) -> PHDSpec:
+  """Settings from a variant name; `kwargs` set window_unit and positions."""
+  for pattern, fields in _NAME_PATTERNS:
+    match = pattern.fullmatch(name.strip())
+    if match:
+      return PHDSpec(**fields(match), **kwargs)
+  raise ValueError(
+      f"variant {name!r} is not a PHD variant name; expected one of 'Vanilla', 'PHD-K', "
+      "'PHD-SWA-K-W-∞' (or -inf), 'PHD-CSWA-K-W-C', e.g. 'PHD-CSWA-3-16-32'")
+
+
+def _array_module(*arrays):
+  return jnp if any(isinstance(a, jax.Array) for a in arrays) else np
+
+
+def phd_mask(num_tokens: int, k: int, window: int = 0, chunk: int | None = None,
+             window_unit: str = "tokens", segment_ids=None, positions=None):
+  """Boolean mask `[..., k*T, k*T]` over the interleaved copies (see module docstring).
+
+  segment_ids, positions: `[T]` or `[B, T]` (numpy or jax, traced is fine). Positions
+  default to 0..T-1 and only matter for CSWA chunks. Returns numpy for numpy inputs.
+  """
+  PHDSpec(k=k, window=window, chunk=chunk, window_unit=window_unit)  # validates
+  xp = _array_module(segment_ids, positions)
+  n = num_tokens * k
+  idx = xp.arange(n)
+  tok, copy = idx // k, idx % k  # token and copy of each row/column
+  q_tok, q_copy = tok[:, None], copy[:, None]
+  k_tok, k_copy = tok[None, :], copy[None, :]
+  allowed = ((k_copy == 0) & (k_tok < q_tok)) | ((k_tok == q_tok) & (k_copy <= q_copy))
+  if window > 0:
+    hidden_pair = (q_copy > 0) & (k_copy > 0)
+    if window_unit == "tokens":
+      dist = (q_tok - k_tok) * (k - 1) + (q_copy - k_copy)  # distance in the hidden stream
+    else:
+      dist = (q_tok - k_tok) * (k_tok < q_tok)  # whole earlier tokens; same token is R2's
+    in_window = hidden_pair & (k_tok < q_tok) & (dist > 0) & (dist <= window)
+    if chunk is not None:
+      pos = xp.arange(num_tokens) if positions is None else positions
+      chunk_of_copy = xp.repeat(pos // chunk, k, axis=-1)  # [..., n]
+      same_chunk = chunk_of_copy[..., :, None] == chunk_of_copy[..., None, :]
+      in_window = in_window & same_chunk
+    allowed = allowed | in_window
+  if segment_ids is not None:
+    seg = xp.repeat(segment_ids, k, axis=-1)
+    allowed = allowed & (seg[..., :, None] == seg[..., None, :])
+  return allowed
+
+
+def spec_mask(spec: PHDSpec, num_tokens: int, segment_ids=None, positions=None):
+  """`phd_mask` for a `PHDSpec`."""
+  return phd_mask(num_tokens, spec.k, spec.window, spec.chunk, spec.window_unit,
+                  segment_ids=segment_ids, positions=positions)
+
+
+def visible_keys_per_query(spec: PHDSpec, num_tokens: int) -> float:
+  """Mean number of keys each of the k*T queries attends to (for FLOP counts)."""
+  return float(np.asarray(spec_mask(spec, num_tokens)).sum()) / (spec.k * num_tokens)
+
+
+def draw(spec: PHDSpec, num_tokens: int, out: str) -> None:
+  """Save a picture of the mask: originals in dark blue, hidden copies in orange."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  from matplotlib.colors import ListedColormap
+  from matplotlib.patches import Rectangle
+
+  k = spec.k
+  mask = np.asarray(spec_mask(spec, num_tokens))
+  is_hidden_key = (np.arange(k * num_tokens) % k > 0)[None, :]
+  picture = np.where(mask, np.where(is_hidden_key, 2, 1), 0)
+  size = max(4.0, min(12.0, 0.3 * k * num_tokens))
+  fig, ax = plt.subplots(figsize=(size, size))
+  ax.imshow(picture, cmap=ListedColormap(["#f4f4f4", "#1f4e99", "#f08c2a"]), vmin=0, vmax=2)
+  for p in range(num_tokens):  # outline each token's block of copies
+    ax.add_patch(Rectangle((p * k - 0.5, p * k - 0.5), k, k, fill=False, lw=1.2, ec="black"))
+  ticks = np.arange(k * num_tokens)
+  labels = [f"x{t // k + 1}" + ("" if t % k == 0 else "'" * (t % k)) for t in ticks]
+  ax.set_xticks(ticks, labels, rotation=90, fontsize=7)
+  ax.set_yticks(ticks, labels, fontsize=7)
+  ax.set_xlabel("key (blue: original, orange: hidden decoding copy)")
+  ax.set_ylabel("query")
+  ax.set_title(f"{spec.name}, window_unit={spec.window_unit}, {num_tokens} tokens")
+  fig.tight_layout()
+  fig.savefig(out, dpi=120)
+  plt.close(fig)
+
+
+def main(argv=None) -> None:
+  import argparse
+  parser = argparse.ArgumentParser(description="Draw a PHD attention mask.")
+  parser.add_argument("variant", help="e.g. Vanilla, PHD-3, PHD-SWA-2-4-inf, PHD-CSWA-3-4-4")
+  parser.add_argument("--tokens", type=int, default=8)
+  parser.add_argument("--window_unit", default="tokens", choices=WINDOW_UNITS)
+  parser.add_argument("--out", default="mask.png")
+  args = parser.parse_args(argv)
+  spec = parse_variant(args.variant, window_unit=args.window_unit)
+  draw(spec, args.tokens, args.out)
+  print(f"wrote {args.out}: {spec.name}, {args.tokens} tokens, {math.prod((spec.k * args.tokens,) * 2)} cells")
+
+
+if __name__ == "__main__":
+  main()
