@@ -12,8 +12,23 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.core import spmd
+from jax.sharding import PartitionSpec
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def constrain(x, axes: tuple[str | None, ...]):
+  """Pin an activation's layout by logical axis names (e.g. `activation_batch`).
+
+  Active only while tracing under a mesh (`jax.set_mesh`) and logical rules
+  (`nnx.logical_axis_rules`), as `phd_jax.sharding` sets them; names without a rule are
+  replicated. Elsewhere (tests, one device) it returns `x` unchanged.
+  """
+  rules = dict(spmd.get_logical_axis_rules() or ())
+  if not rules or jax.sharding.get_abstract_mesh().empty:
+    return x
+  return jax.lax.with_sharding_constraint(x, PartitionSpec(*(rules.get(a) for a in axes)))
 
 
 def param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str, ...],

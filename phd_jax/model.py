@@ -18,10 +18,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from phd_jax import attention as attention_lib
-from phd_jax.layers import DTYPES, Embed, RMSNorm, SwiGLU, param, rope
+from phd_jax.layers import DTYPES, Embed, RMSNorm, SwiGLU, constrain, param, rope
 from phd_jax.masks import PHDSpec
 
 NORM_STYLES = ("reordered", "pre")
+ACTIVATION_BTKD = ("activation_batch", "activation_length", None, "activation_embed")
+ACTIVATION_BTV = ("activation_batch", "activation_length", "activation_vocab")
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -136,21 +138,25 @@ class Transformer(nnx.Module):
     x_BTKD = jnp.broadcast_to(x_BTD[:, :, None], (B, T, self.spec.k, self.cfg.d_model))
     rope_positions_BTK = copy_positions(self.spec, positions_BT)
     policy = REMAT_POLICIES[self.cfg.remat]
+    x_BTKD = constrain(x_BTKD, ACTIVATION_BTKD)
     for block in self.blocks:
       if self.cfg.remat == "none":
         x_BTKD = block(x_BTKD, rope_positions_BTK, segment_ids_BT, positions_BT)
       else:
         x_BTKD = nnx.remat(lambda b, x: b(x, rope_positions_BTK, segment_ids_BT, positions_BT),
                            policy=policy)(block, x_BTKD)
+      x_BTKD = constrain(x_BTKD, ACTIVATION_BTKD)
     return x_BTKD
 
   def logits(self, x_BTD):
     """Float32 logits from last-block states of the final copies."""
     x_BTD = self.final_norm(x_BTD)
     if self.cfg.tie_embeddings:
-      return self.embed.unembed(x_BTD)
-    return jnp.einsum("btd,dv->btv", x_BTD, self.lm_head[...].astype(x_BTD.dtype),
-                      preferred_element_type=jnp.float32)
+      logits_BTV = self.embed.unembed(x_BTD)
+    else:
+      logits_BTV = jnp.einsum("btd,dv->btv", x_BTD, self.lm_head[...].astype(x_BTD.dtype),
+                              preferred_element_type=jnp.float32)
+    return constrain(logits_BTV, ACTIVATION_BTV)
 
   def __call__(self, tokens_BT, segment_ids_BT=None, positions_BT=None):
     x_BTKD = self.hidden_states(tokens_BT, segment_ids_BT, positions_BT)
