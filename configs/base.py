@@ -76,6 +76,7 @@ def get_config(variant=None):
   c.data.source = "synthetic"  # synthetic | stdlib (embedded corpus) | tfds
   c.data.name = ""  # tfds dataset name, e.g. "c4/en:3.1.0"
   c.data.data_dir = ""  # local or gs:// directory of prepared array_record datasets
+  # (for "stdlib": where it is prepared on first use; "" = $PHD_JAX_CACHE or ~/.cache/phd_jax/tfds)
   c.data.train_split = "train"
   c.data.eval_split = "validation"
   c.data.text_field = "text"

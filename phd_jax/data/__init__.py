@@ -4,39 +4,36 @@
   batch = next(it)  # numpy int32 "tokens", "segment_ids" (0 = padding), "positions",
                     # each [config.batch_size // process_count, config.seq_len]
   state = it.get_state(); it.set_state(state)  # exact resume (JSON-serialisable)
+  it.counters()  # documents, empty_documents, tokens, row_splits, carried_tokens
   tok = make_tokenizer(config)
 
-Sources (`config.data.source`): "synthetic" (a learnable Markov chain, no files),
-"stdlib" (the interpreter's standard library, prepared on first use) and "tfds"
-(array_record datasets read without TensorFlow).
+Sources (`config.data.source`): "synthetic" (a learnable Markov chain over the model's
+vocabulary, no files, no tokenizer), "stdlib" (the interpreter's standard library, prepared
+on first use) and "tfds" (an array_record dataset `data.name` in `data.data_dir`).
 """
 
 from __future__ import annotations
 
 from phd_jax.data.iterator import BatchIterator
+from phd_jax.data.pipeline import PackedSource, merge_states
 from phd_jax.data.synthetic import SyntheticSource
-from phd_jax.data.tokenizers import ByteTokenizer
+from phd_jax.data.tokenizers import check_vocab, make_tokenizer
 
-SOURCES = ("synthetic",)
-TOKENIZERS = {"byte": lambda config: ByteTokenizer()}
-
-
-def make_tokenizer(config):
-  kind = config.data.tokenizer
-  if kind not in TOKENIZERS:
-    raise ValueError(f"data.tokenizer must be one of {sorted(TOKENIZERS)}; got {kind!r}")
-  return TOKENIZERS[kind](config)
+SOURCES = ("synthetic", "stdlib", "tfds")
+__all__ = ["make_iterator", "make_tokenizer", "merge_states", "SOURCES"]
 
 
 def _processes(process_index, process_count):
-  if process_index is None or process_count is None:
-    import jax
-    process_index = jax.process_index() if process_index is None else process_index
-    process_count = jax.process_count() if process_count is None else process_count
-  return process_index, process_count
+  import jax
+  real_count = jax.process_count()
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = real_count if process_count is None else process_count
+  return process_index, process_count, process_count == real_count and real_count > 1
 
 
-def _check_shape(config, process_index, process_count):
+def _check(config, process_index, process_count):
+  if config.data.source not in SOURCES:
+    raise ValueError(f"data.source must be one of {list(SOURCES)}; got {config.data.source!r}")
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index={process_index} must lie in [0, {process_count})")
   if config.batch_size % process_count:
@@ -46,17 +43,27 @@ def _check_shape(config, process_index, process_count):
     raise ValueError(f"seq_len must be positive; got {config.seq_len}")
 
 
+def _source(config, split, process_index, process_count, gather):
+  shape = dict(seq_len=config.seq_len, global_batch=config.batch_size,
+               process_index=process_index, process_count=process_count, seed=config.seed)
+  if config.data.source == "synthetic":
+    return SyntheticSource(vocab_size=config.model.vocab_size, split=split, **shape)
+  from phd_jax.data import sources
+  tokenizer = make_tokenizer(config)
+  check_vocab(tokenizer, config)
+  docs = sources.open_documents(config, split)
+  return PackedSource(docs, tokenizer, num_workers=config.data.num_workers,
+                      worker_args=(config, split), gather=gather, **shape)
+
+
 def make_iterator(config, split: str = "train", process_index: int | None = None,
                   process_count: int | None = None) -> BatchIterator:
-  """This process's share of every global batch, in an order fixed by `config.seed`."""
-  process_index, process_count = _processes(process_index, process_count)
-  source_name = config.data.source
-  if source_name not in SOURCES:
-    raise ValueError(f"data.source must be one of {list(SOURCES)}; got {source_name!r}")
-  _check_shape(config, process_index, process_count)
-  source = SyntheticSource(
-      vocab_size=config.model.vocab_size, seq_len=config.seq_len,
-      global_batch=config.batch_size, process_index=process_index,
-      process_count=process_count, seed=config.seed, split=split)
-  return BatchIterator(source.next_batch, {"step": 0}, prefetch=config.data.prefetch,
-                       check_state=source.check_state)
+  """This process's share of every global batch, in an order fixed by `config.seed`.
+
+  `split` "train" / "validation" read `data.train_split` / `data.eval_split`. Every
+  iterator repeats its data forever, reshuffled each epoch.
+  """
+  process_index, process_count, gather = _processes(process_index, process_count)
+  _check(config, process_index, process_count)
+  source = _source(config, split, process_index, process_count, gather)
+  return BatchIterator(source, prefetch=config.data.prefetch)

@@ -3,6 +3,11 @@
 Every source (synthetic, packed documents) is written as such a function, so order and
 resume are exact by construction: the iterator only remembers the state after the last
 batch it handed out, and optionally computes the next `prefetch` batches on a thread.
+
+A source provides `initial_state()`, `next_batch(state) -> (batch, state)`,
+`restore(state) -> state` (checks a saved state and adapts it to this process),
+`export(state) -> state` (what `get_state` returns; may gather all processes' parts) and
+`counters(state) -> dict`.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import copy
 import queue
 import threading
-from typing import Any, Callable
+from typing import Any
 
 Batch = dict
 State = dict
@@ -19,17 +24,14 @@ State = dict
 class BatchIterator:
   """`next(it)` -> batch; `get_state()` / `set_state()` round-trip through JSON.
 
-  `next_batch(state) -> (batch, state)` must be a pure function of `state`: the next
-  batches after `set_state(s)` then equal those of an iterator that reached `s` itself.
+  `source.next_batch` must be a pure function of the state: the batches after
+  `set_state(s)` then equal those of an iterator that reached `s` itself.
   """
 
-  def __init__(self, next_batch: Callable[[State], tuple[Batch, State]], state: State,
-               prefetch: int = 0, check_state: Callable[[State], None] | None = None,
-               counters: Callable[[State], dict] | None = None):
-    self._next_batch = next_batch
-    self._check_state = check_state or (lambda s: None)
-    self._counters = counters
-    self._state = copy.deepcopy(state)
+  def __init__(self, source, prefetch: int = 0):
+    self._source = source
+    self._next_batch = source.next_batch
+    self._state = source.initial_state()
     self._prefetch = prefetch
     self._queue: queue.Queue | None = None
     self._stop: threading.Event | None = None
@@ -52,19 +54,28 @@ class BatchIterator:
     return batch
 
   def get_state(self) -> State:
-    """The state after the last batch returned (prefetched batches do not count)."""
-    return copy.deepcopy(self._state)
+    """The state after the last batch returned (prefetched batches do not count).
+
+    With several processes this may gather every process's part, so all processes call
+    it together (as they do when saving a checkpoint).
+    """
+    return self._source.export(copy.deepcopy(self._state))
 
   def set_state(self, state: State) -> None:
-    self._check_state(state)
-    self.close()
-    self._state = copy.deepcopy(state)
+    state = self._source.restore(copy.deepcopy(state))
+    self._stop_prefetch()
+    self._state = state
 
   def counters(self) -> dict:
-    """Cumulative data counters up to the last batch returned (for metrics)."""
-    return self._counters(self._state) if self._counters else {}
+    """This process's cumulative data counters up to the last batch returned."""
+    return self._source.counters(self._state)
 
   def close(self) -> None:
+    """Stop the prefetch thread and the source's worker processes."""
+    self._stop_prefetch()
+    getattr(self._source, "close", lambda: None)()
+
+  def _stop_prefetch(self) -> None:
     """Stop the prefetch thread and drop what it computed ahead."""
     if self._thread is None:
       return

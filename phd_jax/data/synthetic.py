@@ -52,9 +52,19 @@ class SyntheticSource:
     self.cum_probs = np.cumsum(SUCCESSOR_PROBS)[:-1]
     self.vocab_size = vocab_size
 
-  def check_state(self, state):
+  def initial_state(self):
+    return {"step": 0}
+
+  def restore(self, state):
     if set(state) != {"step"} or not isinstance(state["step"], int) or state["step"] < 0:
       raise ValueError(f"synthetic data state must be {{'step': int >= 0}}; got {state!r}")
+    return state
+
+  def export(self, state):
+    return state
+
+  def counters(self, state):
+    return {}
 
   def next_batch(self, state):
     step = state["step"]

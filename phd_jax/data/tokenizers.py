@@ -1,17 +1,30 @@
 """Tokenizers: `.encode(str) -> list[int]`, `.decode(list[int]) -> str`, `.vocab_size`,
-`.bos_id`, `.eos_id`, `.pad_id` (0).
+`.bos_id`, `.eos_id`, `.pad_id` (0), and `.encode_batch(texts) -> list[np.ndarray]`.
 
 `encode` returns the text's ids only; the pipeline frames every document as
-`[BOS] + encode(text) + [EOS]`. Padding is marked by `segment_ids == 0`, not by the id.
+`[BOS] + encode(text) + [EOS]`. Padding is marked by `segment_ids == 0`, so the pad id only
+has to be a valid embedding row.
 
-Byte-level ids: 0 = padding, 1 = BOS, 2 = EOS, then byte b is id `b + 3` (259 ids; model
-vocabularies pad this up, e.g. to 384).
+- "byte": 0 = padding, 1 = BOS, 2 = EOS, byte b is id `b + 3` (259 ids; model vocabularies
+  pad this up, e.g. to 384). No files.
+- "sentencepiece": a model trained by `python -m phd_jax.data.train_tokenizer` with the same
+  special ids (0 pad, 1 BOS, 2 EOS, 3 unk) and byte fallback; `<model>.sha256` beside it is
+  checked on load.
+- "hf": a Hugging Face `tokenizer.json`. BOS/EOS are the first of its special tokens found in
+  `HF_BOS` / `HF_EOS` (GPT-2/NeoX use `<|endoftext|>` for both); id 0 is used as padding.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+
+import numpy as np
+
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 FIRST_ID = 3  # the first id that is not a special token (byte 0 for the byte tokenizer)
+HF_BOS = ("<|begin_of_text|>", "<s>", "<bos>", "<|endoftext|>", "<|im_start|>")
+HF_EOS = ("<|end_of_text|>", "</s>", "<eos>", "<|endoftext|>", "<|im_end|>")
 
 
 class ByteTokenizer:
@@ -21,7 +34,10 @@ class ByteTokenizer:
   vocab_size = FIRST_ID + 256
 
   def encode(self, text: str) -> list[int]:
-    return [b + FIRST_ID for b in text.encode("utf-8", errors="replace")]
+    return self._array(text).tolist()
+
+  def encode_batch(self, texts) -> list[np.ndarray]:
+    return [self._array(t) for t in texts]
 
   def decode(self, ids) -> str:
     data = bytes(i - FIRST_ID for i in ids if FIRST_ID <= i < self.vocab_size)
@@ -30,3 +46,108 @@ class ByteTokenizer:
   def reference(self) -> dict:
     """What a checkpoint records to find this tokenizer again."""
     return {"kind": "byte"}
+
+  @staticmethod
+  def _array(text: str) -> np.ndarray:
+    data = text.encode("utf-8", errors="replace")  # lone surrogates become '?'
+    return np.frombuffer(data, np.uint8).astype(np.int32) + FIRST_ID
+
+
+def sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def _checked_file(path: str, what: str) -> str:
+  """The file's sha256, after comparing it with `<path>.sha256` when that exists."""
+  if not path:
+    raise ValueError(f"data.tokenizer_path must name the {what} file")
+  if not os.path.isfile(path):
+    raise ValueError(f"data.tokenizer_path={path!r}: no such {what} file")
+  actual = sha256(path)
+  if os.path.isfile(path + ".sha256"):
+    with open(path + ".sha256") as f:
+      expected = f.read().split()[0]
+    if expected != actual:
+      raise ValueError(f"data.tokenizer_path={path!r}: sha256 {actual} does not match "
+                       f"{path}.sha256 ({expected}); the file changed since it was trained")
+  return actual
+
+
+class SentencePieceTokenizer:
+
+  def __init__(self, path: str):
+    import sentencepiece as spm
+    self.path, self.checksum = path, _checked_file(path, "SentencePiece model")
+    self.sp = spm.SentencePieceProcessor(model_file=path)
+    self.vocab_size = self.sp.get_piece_size()
+    self.pad_id, self.bos_id, self.eos_id = self.sp.pad_id(), self.sp.bos_id(), self.sp.eos_id()
+    if min(self.bos_id, self.eos_id) < 0:
+      raise ValueError(f"SentencePiece model {path} has no BOS or EOS id; train it with "
+                       "python -m phd_jax.data.train_tokenizer")
+    self.pad_id = max(self.pad_id, 0)
+
+  def encode(self, text: str) -> list[int]:
+    return self.sp.encode(text)
+
+  def encode_batch(self, texts) -> list[np.ndarray]:
+    return [np.asarray(ids, np.int32) for ids in self.sp.encode(list(texts), num_threads=0)]
+
+  def decode(self, ids) -> str:
+    return self.sp.decode([int(i) for i in ids if i not in (self.pad_id, self.bos_id,
+                                                              self.eos_id)])
+
+  def reference(self) -> dict:
+    return {"kind": "sentencepiece", "path": self.path, "sha256": self.checksum}
+
+
+class HFTokenizer:
+
+  def __init__(self, path: str):
+    import tokenizers
+    self.path, self.checksum = path, _checked_file(path, "tokenizer.json")
+    self.tok = tokenizers.Tokenizer.from_file(path)
+    self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
+    vocab = self.tok.get_vocab(with_added_tokens=True)
+    self.bos_id = next((vocab[t] for t in HF_BOS if t in vocab), None)
+    self.eos_id = next((vocab[t] for t in HF_EOS if t in vocab), None)
+    if self.bos_id is None or self.eos_id is None:
+      raise ValueError(f"{path}: no BOS/EOS token among {HF_BOS} / {HF_EOS}")
+    self.pad_id = PAD_ID
+
+  def encode(self, text: str) -> list[int]:
+    return self.tok.encode(text, add_special_tokens=False).ids
+
+  def encode_batch(self, texts) -> list[np.ndarray]:
+    encodings = self.tok.encode_batch(list(texts), add_special_tokens=False)
+    return [np.asarray(e.ids, np.int32) for e in encodings]
+
+  def decode(self, ids) -> str:
+    return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+  def reference(self) -> dict:
+    return {"kind": "hf", "path": self.path, "sha256": self.checksum}
+
+
+TOKENIZERS = {
+    "byte": lambda path: ByteTokenizer(),
+    "sentencepiece": SentencePieceTokenizer,
+    "hf": HFTokenizer,
+}
+
+
+def make_tokenizer(config):
+  kind = config.data.tokenizer
+  if kind not in TOKENIZERS:
+    raise ValueError(f"data.tokenizer must be one of {sorted(TOKENIZERS)}; got {kind!r}")
+  return TOKENIZERS[kind](config.data.tokenizer_path)
+
+
+def check_vocab(tokenizer, config) -> None:
+  """The model's embedding must have a row for every id the tokenizer produces."""
+  if tokenizer.vocab_size > config.model.vocab_size:
+    raise ValueError(f"the {config.data.tokenizer} tokenizer has {tokenizer.vocab_size} ids, "
+                     f"more than model.vocab_size={config.model.vocab_size}")

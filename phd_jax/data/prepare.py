@@ -1,0 +1,175 @@
+"""Local text, JSONL or parquet files -> a tfds dataset in array_record format.
+
+  python -m phd_jax.data.prepare --name=my_corpus --data_dir=/data/tfds \
+      --train='corpus/*.jsonl' [--validation='heldout/*.jsonl' | --validation_percent=1] \
+      [--text_field=text] [--overwrite]
+
+then train with `--config.data.source=tfds --config.data.name=my_corpus
+--config.data.data_dir=/data/tfds`. Every `.jsonl` line and parquet row is a document (its
+`--text_field`); any other file is one document. Invalid UTF-8 is replaced (U+FFFD), and
+empty documents are kept (the pipeline skips and counts them). Without `--validation`,
+`--validation_percent` of the documents, chosen by a hash of their key (file path, and line or
+row), form the validation split. Writing needs no TensorFlow: tfds serialises the examples
+itself and writes them with array_record.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import types
+import zlib
+
+import tensorflow_datasets as tfds
+
+FEATURES = ("text", "source")  # the document, and where it came from (file[:line])
+
+
+def holdout_split(key: str, validation_percent: float) -> str:
+  """Deterministic split of a document by the crc32 of its key."""
+  in_validation = zlib.crc32(key.encode()) % 10_000 < validation_percent * 100
+  return "validation" if in_validation else "train"
+
+
+def _decode(data: bytes, stats: dict) -> str:
+  try:
+    return data.decode("utf-8")
+  except UnicodeDecodeError:
+    stats["invalid_utf8"] = stats.get("invalid_utf8", 0) + 1
+    return data.decode("utf-8", errors="replace")
+
+
+def read_documents(path: str, text_field: str, key: str, stats: dict):
+  """Yields `(key, text)` for every document of one file."""
+  if path.endswith(".jsonl"):
+    with open(path, "rb") as f:
+      for line_no, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        record = json.loads(_decode(line, stats))
+        if text_field not in record:
+          raise ValueError(f"{path}:{line_no}: no field {text_field!r}; the record has "
+                           f"{sorted(record)}")
+        yield f"{key}:{line_no}", str(record[text_field])
+  elif path.endswith(".parquet"):
+    import pyarrow.parquet as pq
+    parquet = pq.ParquetFile(path)
+    columns = parquet.schema_arrow.names
+    if text_field not in columns:
+      raise ValueError(f"{path}: no column {text_field!r}; it has {columns}")
+    row = 0
+    for batch in parquet.iter_batches(columns=[text_field]):
+      for text in batch.column(0).to_pylist():
+        yield f"{key}:{row}", text or ""
+        row += 1
+  else:
+    with open(path, "rb") as f:
+      yield key, _decode(f.read(), stats)
+
+
+class TextFiles(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Documents of local files; `make_builder` sets the name, inputs and version."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  inputs: dict = {}  # split -> list of (path, key prefix)
+  text_field = "text"
+  validation_percent = 0.0
+  description = "Documents of local text, JSONL or parquet files."
+  stats: dict = {}
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self, description=self.description,
+        features=tfds.features.FeaturesDict({f: tfds.features.Text() for f in FEATURES}))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    if "validation" in self.inputs or not self.validation_percent:
+      return {split: self._generate_examples(files, None)
+              for split, files in self.inputs.items()}
+    return {split: self._generate_examples(self.inputs["train"], split)
+            for split in ("train", "validation")}
+
+  def _generate_examples(self, files, holdout):
+    counts = self.stats.setdefault(holdout or "all", {})
+    for path, key in files:
+      for doc_key, text in read_documents(path, self.text_field, key, counts):
+        if holdout and holdout_split(doc_key, self.validation_percent) != holdout:
+          continue
+        counts["documents"] = counts.get("documents", 0) + 1
+        counts["empty"] = counts.get("empty", 0) + (not text)
+        yield doc_key, {"text": text, "source": doc_key}
+
+
+def make_builder(name: str, data_dir: str, inputs: dict, *, text_field: str = "text",
+                 validation_percent: float = 0.0, version: str = "1.0.0",
+                 description: str = TextFiles.description):
+  """A TextFiles builder named `name`; `inputs` maps split -> [(path, key)]."""
+  if not inputs.get("train"):
+    raise ValueError(f"dataset {name!r}: no input files for the train split")
+  namespace = dict(name=name, VERSION=tfds.core.Version(version), inputs=inputs,
+                   text_field=text_field, validation_percent=validation_percent,
+                   description=description, stats={})
+  cls = types.new_class(f"TextFiles_{name}", (TextFiles,), {"skip_registration": True},
+                        lambda ns: ns.update(namespace))
+  return cls(data_dir=data_dir, file_format="array_record")
+
+
+def prepare(builder, *, overwrite: bool = False, progress: bool = True):
+  """Writes the dataset (unless it exists and not `overwrite`); returns its directory."""
+  if overwrite and os.path.isdir(builder.data_dir):
+    shutil.rmtree(builder.data_dir)
+  if not progress:
+    tfds.disable_progress_bar()
+  builder.download_and_prepare()
+  return builder.data_dir
+
+
+def expand(patterns) -> list:
+  """Sorted files of comma-separated globs, each with its path as key."""
+  files = []
+  for pattern in patterns:
+    for part in filter(None, pattern.split(",")):
+      matched = sorted(glob.glob(os.path.expanduser(part), recursive=True))
+      if not matched:
+        raise ValueError(f"no files match {part!r}")
+      files.extend((p, p) for p in matched if os.path.isfile(p))
+  return files
+
+
+def main(argv):
+  from absl import flags
+  del argv
+  f = flags.FLAGS
+  inputs = {"train": expand(f.train)}
+  if f.validation:
+    inputs["validation"] = expand(f.validation)
+  builder = make_builder(f.name, f.data_dir, inputs, text_field=f.text_field,
+                         validation_percent=f.validation_percent, version=f.version)
+  path = prepare(builder, overwrite=f.overwrite)
+  print(f"prepared {path}")
+  for split, info in builder.info.splits.items():
+    print(f"  {split}: {info.num_examples} documents")
+  for split, counts in builder.stats.items():
+    print(f"  read ({split}): {json.dumps(counts)}")
+
+
+def _define_flags():
+  from absl import flags
+  flags.DEFINE_string("name", None, "dataset name (lower_snake_case)", required=True)
+  flags.DEFINE_string("data_dir", None, "tfds data directory to write into", required=True)
+  flags.DEFINE_multi_string("train", None, "globs of training files", required=True)
+  flags.DEFINE_multi_string("validation", [], "globs of validation files")
+  flags.DEFINE_float("validation_percent", 1.0,
+                     "share (%) of documents held out when --validation is not given")
+  flags.DEFINE_string("text_field", "text", "JSONL field / parquet column of the text")
+  flags.DEFINE_string("version", "1.0.0", "dataset version")
+  flags.DEFINE_bool("overwrite", False, "replace an existing dataset of that version")
+
+
+if __name__ == "__main__":
+  from absl import app
+  _define_flags()
+  app.run(main)
