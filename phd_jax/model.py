@@ -12,6 +12,7 @@ no biases, norms after each sublayer ("reordered", OLMo2) or before it ("pre", L
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -87,10 +88,14 @@ class Attention(nnx.Module):
   def out(self, o_BTKHD):
     return jnp.einsum("btkhe,hed->btkd", o_BTKHD, self.wo[...].astype(o_BTKHD.dtype))
 
-  def __call__(self, x_BTKD, rope_positions_BTK, segment_ids_BT, positions_BT):
+  def __call__(self, x_BTKD, rope_positions_BTK, segment_ids_BT, positions_BT, attend=None):
+    """`attend(q, k, v) -> o`, when given, replaces the configured implementation."""
     q, k, v = self.qkv(x_BTKD, rope_positions_BTK)
-    o = attention_lib.attention(self.cfg.attention_impl, q, k, v, self.spec, segment_ids_BT,
-                                positions_BT)
+    if attend is None:
+      o = attention_lib.attention(self.cfg.attention_impl, q, k, v, self.spec, segment_ids_BT,
+                                  positions_BT)
+    else:
+      o = attend(q, k, v)
     return self.out(o)
 
 
@@ -103,9 +108,9 @@ class Block(nnx.Module):
     self.attn_norm = RMSNorm((cfg.d_model,), ("norm",), cfg.norm_eps, rngs=rngs)
     self.mlp_norm = RMSNorm((cfg.d_model,), ("norm",), cfg.norm_eps, rngs=rngs)
 
-  def __call__(self, x_BTKD, rope_positions_BTK, segment_ids_BT, positions_BT):
+  def __call__(self, x_BTKD, rope_positions_BTK, segment_ids_BT, positions_BT, attend=None):
     def attn(h):
-      return self.attn(h, rope_positions_BTK, segment_ids_BT, positions_BT)
+      return self.attn(h, rope_positions_BTK, segment_ids_BT, positions_BT, attend)
     if self.cfg.norm_style == "reordered":  # OLMo2: x + norm(f(x))
       x_BTKD = x_BTKD + self.attn_norm(attn(x_BTKD))
       return x_BTKD + self.mlp_norm(self.mlp(x_BTKD))
@@ -129,18 +134,31 @@ class Transformer(nnx.Module):
       self.lm_head = param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
                            cfg.init_std)
 
-  def hidden_states(self, tokens_BT, segment_ids_BT=None, positions_BT=None):
-    """Output of the last block for every copy, `[B, T, K, D]` (before the final norm)."""
+  def hidden_states(self, tokens_BT, segment_ids_BT=None, positions_BT=None, *, copies=None,
+                    attend=None):
+    """Output of the last block for every copy, `[B, T, K, D]` (before the final norm).
+
+    Inference (`phd_jax.decode`) runs the same blocks with caches: `copies` keeps only the
+    first copies of each token (1 = originals only), and `attend(layer, q, k, v) -> o`
+    replaces the attention implementation in every layer.
+    """
     B, T = tokens_BT.shape
+    copies = self.spec.k if copies is None else copies
+    if copies != self.spec.k and attend is None:
+      raise ValueError(f"copies={copies} (of k={self.spec.k}) needs an `attend` function: the "
+                       "configured attention expects all copies")
     if positions_BT is None:
       positions_BT = jnp.broadcast_to(jnp.arange(T), (B, T))
     x_BTD = self.embed(tokens_BT, DTYPES[self.cfg.dtype])
-    x_BTKD = jnp.broadcast_to(x_BTD[:, :, None], (B, T, self.spec.k, self.cfg.d_model))
-    rope_positions_BTK = copy_positions(self.spec, positions_BT)
+    x_BTKD = jnp.broadcast_to(x_BTD[:, :, None], (B, T, copies, self.cfg.d_model))
+    rope_positions_BTK = copy_positions(self.spec, positions_BT)[..., :copies]
     policy = REMAT_POLICIES[self.cfg.remat]
     x_BTKD = constrain(x_BTKD, ACTIVATION_BTKD)
-    for block in self.blocks:
-      if self.cfg.remat == "none":
+    for layer, block in enumerate(self.blocks):
+      if attend is not None:  # inference: no backward pass, so nothing to rematerialise
+        x_BTKD = block(x_BTKD, rope_positions_BTK, segment_ids_BT, positions_BT,
+                       functools.partial(attend, layer))
+      elif self.cfg.remat == "none":
         x_BTKD = block(x_BTKD, rope_positions_BTK, segment_ids_BT, positions_BT)
       else:
         x_BTKD = nnx.remat(lambda b, x: b(x, rope_positions_BTK, segment_ids_BT, positions_BT),
