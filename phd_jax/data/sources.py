@@ -18,8 +18,8 @@ from phd_jax.data import stdlib_corpus
 class Documents:
   """`len(docs)`, `docs.texts(indices) -> list[str]` (invalid UTF-8 replaced)."""
 
-  def __init__(self, data_source, text_field: str, description: str):
-    self.data_source, self.text_field, self.description = data_source, text_field, description
+  def __init__(self, data_source, text_field: str, data_dir: str):
+    self.data_source, self.text_field, self.data_dir = data_source, text_field, data_dir
 
   def __len__(self):
     return len(self.data_source)
@@ -90,5 +90,4 @@ def open_documents(config, split: str) -> Documents:
   data_source = builder.as_data_source(split=split)
   if not len(data_source):
     raise ValueError(f"dataset {name!r} split {split!r} is empty")
-  return Documents(data_source, text_field,
-                   f"{name} {split} ({os.fspath(builder.data_dir)})")
+  return Documents(data_source, text_field, os.fspath(builder.data_dir))
