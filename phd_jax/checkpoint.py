@@ -1,0 +1,429 @@
+"""Checkpoints over Orbax: async saves, exact resume, restore on any mesh, params export.
+
+A step folder `workdir/checkpoints/<step>/` holds, written together by one Orbax save:
+  params/       the model parameters (what warm starts and exports read)
+  train_state/  the rest of the TrainState: step and optimizer state
+  data/         the data iterator state, one JSON file per process
+  config/       the resolved config (config.json)
+  meta/         step, variant, tokenizer reference, package versions (meta.json)
+  integrity.json  the size of every file above, recorded just before the commit
+Orbax writes into `<step>.orbax-checkpoint-tmp` and renames it to `<step>` after writing
+`commit_success.txt` (on GCS the marker alone commits). A folder counts as a checkpoint
+only with that marker and every file at its recorded size, so saves killed midway and
+truncated copies are skipped with a warning, never deleted; restoring one explicitly
+raises a ValueError naming it. An export (`export_params`) is the same layout with only
+params, config and meta.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import platform
+import signal
+import time
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+
+from phd_jax import config as config_lib
+
+PARAMS, TRAIN_STATE, DATA, CONFIG, META = "params", "train_state", "data", "config", "meta"
+INTEGRITY_FILE = "integrity.json"
+COMMIT_FILE = ocp.path.atomicity_types.COMMIT_SUCCESS_FILE
+TMP_SUFFIX = ocp.path.atomicity_types.TMP_DIR_SUFFIX
+CORRUPT_SUFFIX = ".corrupt"
+# Written by the commit itself, after the sizes are recorded.
+_UNRECORDED = {COMMIT_FILE, "_CHECKPOINT_METADATA", INTEGRITY_FILE}
+_VERSIONED_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "grain",
+                       "phd_jax")
+
+
+def validate_options(config) -> None:
+  """ValueError naming the first `checkpoint.*` field that cannot work."""
+  c = config.checkpoint
+  for name, value, low in (("every", c.every, 0), ("keep", c.keep, 1),
+                           ("keep_period", c.keep_period, 0)):
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+      raise ValueError(f"checkpoint.{name} must be an integer >= {low}; got {value!r}")
+  if not isinstance(c.async_save, bool):
+    raise ValueError(f"checkpoint.async_save must be a bool; got {c.async_save!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Integrity: what makes a folder a complete, readable checkpoint.
+
+
+def _files(root: epath.Path):
+  for path in root.iterdir():
+    if path.is_dir():
+      yield from _files(path)
+    else:
+      yield path
+
+
+def _size(path: epath.Path) -> int:
+  stat = path.stat()  # os.stat_result locally, epath's StatResult on cloud storage
+  return stat.st_size if hasattr(stat, "st_size") else stat.length
+
+
+def _record_sizes(final_dir: epath.Path) -> None:
+  """Write integrity.json into the not yet committed folder of `final_dir`.
+
+  Runs as Orbax's post-finalization callback: on the primary process, after every
+  process has written its files and before the commit marker and rename.
+  """
+  tmp_cls = ocp.path.atomicity_defaults.get_default_temporary_path_class(final_dir)
+  tmp_dir = tmp_cls.from_final(final_dir).get()
+  sizes = {str(p.relative_to(tmp_dir)): _size(p) for p in _files(tmp_dir)
+           if p.name not in _UNRECORDED}
+  (tmp_dir / INTEGRITY_FILE).write_text(json.dumps({"files": sizes}, sort_keys=True))
+
+
+def folder_problem(folder: epath.Path) -> str | None:
+  """Why `folder` is not a complete, readable checkpoint, or None when it is."""
+  if not folder.is_dir():
+    return "not a directory"
+  if not (folder / COMMIT_FILE).exists():
+    return f"no {COMMIT_FILE}: the save never finished"
+  try:
+    sizes = json.loads((folder / INTEGRITY_FILE).read_text())["files"]
+  except FileNotFoundError:
+    return f"no {INTEGRITY_FILE}: not written by phd_jax or damaged"
+  except (ValueError, KeyError, TypeError):
+    return f"{INTEGRITY_FILE} is damaged"
+  for relative, size in sorted(sizes.items()):
+    path = folder / relative
+    if not path.exists():
+      return f"{relative} is missing"
+    if (actual := _size(path)) != size:
+      return f"{relative} has {actual} bytes, {size} were written"
+  return None
+
+
+def _step_folders(directory: epath.Path) -> dict[int, epath.Path]:
+  if not directory.is_dir():
+    return {}
+  return {int(p.name): p for p in directory.iterdir() if p.name.isdigit()}
+
+
+def _describe_missing(directory: epath.Path, step: int) -> str:
+  """A sentence on what is left of `step` in `directory` (for errors)."""
+  leftovers = sorted(str(p) for p in directory.glob(f"{step}.*"))
+  if leftovers:
+    return f"found only {', '.join(leftovers)} (an unfinished or set-aside save)"
+  steps = sorted(_step_folders(directory))
+  return f"no such step; step folders there: {steps or 'none'}"
+
+
+def _newest_complete(folders: dict[int, epath.Path], warned: set[str]) -> int | None:
+  """The newest step whose folder passes `folder_problem`; warns once per bad folder."""
+  for step in sorted(folders, reverse=True):
+    problem = folder_problem(folders[step])
+    if problem is None:
+      return step
+    if str(folders[step]) not in warned:
+      warned.add(str(folders[step]))
+      logging.warning("Skipping checkpoint %s: %s. It is left in place.", folders[step], problem)
+  return None
+
+
+# ---------------------------------------------------------------------------------------------
+# What is saved next to the arrays.
+
+
+def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
+  registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+  for item in (PARAMS, TRAIN_STATE):
+    handler = ocp.handlers.StandardCheckpointHandler()
+    registry.add(item, ocp.args.StandardSave, handler)
+    registry.add(item, ocp.args.StandardRestore, handler)
+  # Every process writes (primary_host=None) and reads its own data iterator state.
+  per_process = ocp.options.MultiprocessingOptions(primary_host=None)
+  json_handlers = {
+      DATA: ocp.handlers.JsonCheckpointHandler(_data_file(jax.process_index(), jax.process_count()),
+                                               multiprocessing_options=per_process),
+      CONFIG: ocp.handlers.JsonCheckpointHandler("config.json"),
+      META: ocp.handlers.JsonCheckpointHandler("meta.json"),
+  }
+  for item, handler in json_handlers.items():
+    registry.add(item, ocp.args.JsonSave, handler)
+    registry.add(item, ocp.args.JsonRestore, handler)
+  return registry
+
+
+def _data_file(process_index: int, process_count: int) -> str:
+  return f"process_{process_index}-of-{process_count}.json"
+
+
+def _versions() -> dict[str, str]:
+  versions = {"python": platform.python_version()}
+  for package in _VERSIONED_PACKAGES:
+    try:
+      versions[package] = importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+      versions[package] = "not installed"
+  return versions
+
+
+def _config_items(config, step: int | None) -> dict:
+  """The JSON items (config, meta) saved with every checkpoint and export."""
+  meta = {
+      "step": step,  # None for an export
+      "variant": config.phd.variant,
+      "tokenizer": {"kind": config.data.tokenizer, "path": config.data.tokenizer_path},
+      "versions": _versions(),
+      "process_count": jax.process_count(),
+      "device_count": jax.device_count(),
+      "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+  }
+  return {CONFIG: ocp.args.JsonSave(json.loads(config_lib.to_json(config))),
+          META: ocp.args.JsonSave(meta)}
+
+
+def _restore_error(folder, error: Exception) -> ValueError:
+  return ValueError(f"could not restore checkpoint {folder}: {type(error).__name__}: {error}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The training run's checkpoints.
+
+
+class Checkpointer:
+  """Saves and restores a run's TrainState, data iterator state and config under
+  `workdir/checkpoints`, as `config.checkpoint` says (every, keep, keep_period, async_save).
+
+  Call every method from all processes. Folders newer than the newest complete checkpoint
+  that are not complete themselves (e.g. a copy truncated on the way) are renamed to
+  `<step>.corrupt` at start, with a warning, so that the step can be saved again.
+  """
+
+  def __init__(self, workdir, config):
+    validate_options(config)
+    self.directory = epath.Path(workdir) / "checkpoints"
+    self._config = config
+    self._async = config.checkpoint.async_save
+    self._warned: set[str] = set()
+    self._saving_step = None
+    self._set_aside_broken_newest()
+    every = config.checkpoint.every
+    keep = [ocp.checkpoint_managers.LatestN(n=config.checkpoint.keep)]
+    if config.checkpoint.keep_period:
+      keep.append(ocp.checkpoint_managers.EveryNSteps(config.checkpoint.keep_period))
+    options = ocp.CheckpointManagerOptions(
+        # Preemption saves are asked for explicitly (save(force=True)) by the loop.
+        save_decision_policy=ocp.checkpoint_managers.AnySavePolicy(
+            [ocp.checkpoint_managers.FixedIntervalPolicy(every)] if every else []),
+        preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(keep),
+        # Always the async checkpointer: its commit hook records the file sizes.
+        enable_async_checkpointing=True,
+        async_options=ocp.options.AsyncOptions(post_finalization_callback=self._record_sizes),
+    )
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          handler_registry=_handler_registry())
+
+  def _record_sizes(self):
+    _record_sizes(self.directory / str(self._saving_step))
+
+  def _set_aside_broken_newest(self):
+    for unfinished in self.directory.glob(f"*{TMP_SUFFIX}*"):
+      logging.warning("Ignoring unfinished save %s; Orbax replaces it if its step is saved "
+                      "again.", unfinished)
+    folders = _step_folders(self.directory)
+    newest = _newest_complete(folders, self._warned)
+    broken = [p for step, p in folders.items() if newest is None or step > newest]
+    if broken and jax.process_index() == 0:
+      for folder in broken:
+        target = folder.parent / (folder.name + CORRUPT_SUFFIX)
+        suffix = 1
+        while target.exists():
+          target, suffix = folder.parent / f"{folder.name}{CORRUPT_SUFFIX}{suffix}", suffix + 1
+        folder.rename(target)
+        logging.warning("Moved incomplete checkpoint %s to %s (not deleted).", folder, target)
+    if broken:
+      # Every process computed the same list; the name must be unique per barrier.
+      ocp.multihost.sync_global_processes(
+          "phd_jax_set_aside:" + ",".join(sorted(p.name for p in broken)))
+
+  def latest_step(self) -> int | None:
+    """The newest complete, readable step (None if there is none); saves in flight wait."""
+    self._manager.wait_until_finished()
+    return _newest_complete({s: self.directory / str(s) for s in self._manager.all_steps()},
+                            self._warned)
+
+  def save(self, step: int, state, data_state: dict, force: bool = False) -> bool:
+    """Start saving `state` at `step` if due (every N steps) or `force`; True if started.
+
+    Returns once the arrays are copied off the devices (the state may be donated right
+    after); files are written in the background unless `checkpoint.async_save` is False.
+    """
+    step = int(step)
+    if step in self._manager.all_steps():
+      return False  # e.g. a final or preemption save right after a periodic one
+    if not (force or self._manager.should_save(step)):
+      return False
+    try:
+      data_state = json.loads(json.dumps(data_state))  # a frozen copy; fails here, not later
+    except TypeError as e:
+      raise ValueError(f"data_state must be JSON-serialisable: {e}") from None
+    args = ocp.args.Composite(
+        **{PARAMS: ocp.args.StandardSave(state.params),
+           TRAIN_STATE: ocp.args.StandardSave(state.replace(params=None)),
+           DATA: ocp.args.JsonSave(data_state)},
+        **_config_items(self._config, step))
+    self._manager.wait_until_finished()  # the size hook reads _saving_step
+    self._saving_step = step
+    saved = self._manager.save(step, args=args, force=True)
+    if not self._async:
+      self._manager.wait_until_finished()
+    return saved
+
+  def restore(self, abstract_state, step: int | None = None):
+    """(state, data_state) of `step` (default: latest), placed on `abstract_state`'s
+    shardings, so the mesh and device count may differ from the saving run's."""
+    if step is None:
+      step = self.latest_step()
+      if step is None:
+        raise ValueError(f"no complete checkpoint in {self.directory}")
+    else:
+      self._manager.wait_until_finished()
+    folder = self.directory / str(step)
+    if not folder.exists():
+      raise ValueError(f"no checkpoint {folder}: {_describe_missing(self.directory, step)}")
+    if problem := folder_problem(folder):
+      raise ValueError(f"checkpoint {folder} is incomplete or corrupted: {problem}")
+    _check_data_file(folder)
+    args = ocp.args.Composite(**{
+        PARAMS: ocp.args.StandardRestore(abstract_state.params),
+        TRAIN_STATE: ocp.args.StandardRestore(abstract_state.replace(params=None)),
+        DATA: ocp.args.JsonRestore()})
+    try:
+      restored = self._manager.restore(step, args=args)
+    except Exception as e:  # orbax/tensorstore raise many types; name the folder
+      raise _restore_error(folder, e) from e
+    return restored[TRAIN_STATE].replace(params=restored[PARAMS]), restored[DATA]
+
+  def wait_until_finished(self):
+    self._manager.wait_until_finished()
+
+  def close(self):
+    self._manager.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+def _check_data_file(folder: epath.Path) -> None:
+  name = _data_file(jax.process_index(), jax.process_count())
+  if not (folder / DATA / name).exists():
+    saved = sorted(p.name for p in (folder / DATA).glob("process_*.json"))
+    raise ValueError(f"checkpoint {folder} holds the data iterator state of {saved}, not "
+                     f"{name}: the data pipeline cannot resume exactly with "
+                     f"{jax.process_count()} processes")
+
+
+# ---------------------------------------------------------------------------------------------
+# Preemption.
+
+
+class PreemptionGuard:
+  """Tells the loop, at each step boundary, that it should save and exit.
+
+  With `jax.distributed` initialised (several processes), JAX's preemption service
+  catches SIGTERM (and TPU maintenance notices) and `reached(step)` turns True on every
+  process at the same step. A single process catches SIGTERM itself. Create it after
+  `jax.distributed.initialize` and call `reached(step)` every step on every process.
+  """
+
+  def __init__(self):
+    self._synced = (jax.distributed.is_initialized()
+                    and jax.config.jax_enable_preemption_service)
+    self._signalled = False
+    self._previous = None
+    if not self._synced:
+      self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+  def _on_sigterm(self, signum, frame):
+    del signum, frame
+    self._signalled = True  # only a flag: a signal handler must not take locks
+
+  def reached(self, step: int) -> bool:
+    if self._synced:
+      return ocp.multihost.reached_preemption(int(step))
+    return self._signalled
+
+  def close(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Params only: warm starts, exports, configs of saved runs.
+
+
+def resolve(path) -> epath.Path:
+  """The complete checkpoint folder `path` names: a step folder or export itself, else the
+  newest complete step of a checkpoints directory or of a workdir's `checkpoints/`."""
+  path = epath.Path(path)
+  if not path.exists():
+    raise ValueError(f"checkpoint path {path} does not exist")
+  if (path / PARAMS).exists():
+    if problem := folder_problem(path):
+      raise ValueError(f"checkpoint {path} is incomplete or corrupted: {problem}")
+    return path
+  directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+  folders = _step_folders(directory)
+  step = _newest_complete(folders, set())
+  if step is None:
+    raise ValueError(f"{path} holds no complete checkpoint (expected a workdir, its "
+                     f"checkpoints/ directory, a step folder or an export; step folders "
+                     f"found: {sorted(folders) or 'none'})")
+  return folders[step]
+
+
+def _restore_items(folder: epath.Path, args: dict):
+  checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler(
+      handler_registry=_handler_registry()))
+  try:
+    return checkpointer.restore(folder, args=ocp.args.Composite(**args))
+  except Exception as e:  # orbax/tensorstore raise many types; name the folder
+    raise _restore_error(folder, e) from e
+  finally:
+    checkpointer.close()
+
+
+def load_params(path, abstract_params):
+  """Only the parameters of a checkpoint or export, on `abstract_params`' shardings."""
+  folder = resolve(path)
+  return _restore_items(folder, {PARAMS: ocp.args.StandardRestore(abstract_params)})[PARAMS]
+
+
+def load_config(path) -> ml_collections.ConfigDict:
+  """The resolved config saved with a checkpoint or export."""
+  folder = resolve(path)
+  return ml_collections.ConfigDict(_restore_items(folder, {CONFIG: ocp.args.JsonRestore()})[CONFIG])
+
+
+def export_params(path, params, config) -> epath.Path:
+  """Write params, config and meta (no optimizer state) to the new folder `path`."""
+  path = epath.Path(path)
+  if path.exists():
+    raise ValueError(f"export path {path} already exists")
+  checkpointer = ocp.AsyncCheckpointer(
+      ocp.CompositeCheckpointHandler(handler_registry=_handler_registry()),
+      async_options=ocp.options.AsyncOptions(
+          post_finalization_callback=lambda: _record_sizes(path)))
+  try:
+    checkpointer.save(path, args=ocp.args.Composite(
+        **{PARAMS: ocp.args.StandardSave(params)}, **_config_items(config, step=None)))
+    checkpointer.wait_until_finished()
+  finally:
+    checkpointer.close()
+  return path
