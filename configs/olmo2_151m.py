@@ -3,7 +3,7 @@
   python -m phd_jax.main --config=configs/olmo2_151m.py:PHD-CSWA-2-16-32 --workdir=gs://BUCKET/phd_151m
 
 Ours: 12 layers, d_model 768, 12 query / 4 kv heads of dim 64, FFN 2048 per projection,
-untied, vocabulary 50304: 152,838,912 parameters, the closest round OLMo2-style shape to
+untied, vocabulary 50304: 152,795,904 parameters, the closest round OLMo2-style shape to
 the paper's 151M. The paper trains it on 100B tokens: seq_len 4096, batch 256 sequences
 (1M tokens), 95,367 steps, peak lr 1e-3 (ours), cosine to 10%, bfloat16 compute.
 """

@@ -4,7 +4,7 @@
 
 From the paper: 16 layers, d_model 2048, FFN 8192 per projection (the quoted 16384 counts
 gate and up together), 32 query / 8 kv heads of dim 64, 500B tokens, variants Vanilla,
-PHD-CSWA-2-16-32, PHD-CSWA-3-16-32. Parameters: 1,179,123,712 with vocabulary 50304.
+PHD-CSWA-2-16-32, PHD-CSWA-3-16-32. Parameters: 1,179,232,256 with vocabulary 50304.
 Paper results: loss 2.601 / 2.576 / 2.567; 7-task average 54.7 / 56.2 / 56.7.
 Ours (the paper is silent; OLMo2's recipe): seq_len 4096, batch 1024 sequences (4M
 tokens), 119,209 steps = 500B tokens, peak lr 4e-4, 2000 warmup steps, cosine to 10%,

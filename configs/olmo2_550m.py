@@ -4,7 +4,7 @@
 
 From the paper: 16 layers, d_model 1536, FFN 4096 per projection (8192 quoted for gate+up),
 16 query / 4 kv heads of dim 96, 300B tokens, variants Vanilla and PHD-SWA-{2,3,5}-16-∞.
-Parameters: 551,227,392 with vocabulary 50304. Paper results: loss 2.782 (Vanilla),
+Parameters: 550,977,024 with vocabulary 50304. Paper results: loss 2.782 (Vanilla),
 2.753 / 2.739 / 2.725 (K = 2 / 3 / 5); 7-task average 49.3 / 50.1 / 50.2 / 51.1.
 Ours: seq_len 4096, batch 512 sequences (2M tokens), 143,051 steps = 300B tokens, peak lr
 6e-4, cosine to 10%, AdamW (0.9, 0.95, 1e-8), weight decay 0.1, bfloat16 compute, FSDP.
