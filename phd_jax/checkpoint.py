@@ -21,6 +21,7 @@ import importlib.metadata
 import json
 import platform
 import signal
+import threading
 import time
 
 import jax
@@ -127,7 +128,8 @@ def _newest_complete(folders: dict[int, epath.Path], warned: set[str]) -> int | 
       return step
     if str(folders[step]) not in warned:
       warned.add(str(folders[step]))
-      logging.warning("Skipping checkpoint %s: %s. It is left in place.", folders[step], problem)
+      logging.warning("Skipping incomplete or corrupted checkpoint %s: %s.", folders[step],
+                      problem)
   return None
 
 
@@ -242,7 +244,7 @@ class Checkpointer:
         while target.exists():
           target, suffix = folder.parent / f"{folder.name}{CORRUPT_SUFFIX}{suffix}", suffix + 1
         folder.rename(target)
-        logging.warning("Moved incomplete checkpoint %s to %s (not deleted).", folder, target)
+        logging.warning("Moved it aside, not deleted: %s -> %s", folder, target)
     if broken:
       # Every process computed the same list; the name must be unique per barrier.
       ocp.multihost.sync_global_processes(
@@ -346,8 +348,12 @@ class PreemptionGuard:
                     and jax.config.jax_enable_preemption_service)
     self._signalled = False
     self._previous = None
-    if not self._synced:
-      self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+    if self._synced:
+      return
+    if threading.current_thread() is not threading.main_thread():
+      logging.warning("Not on the main thread: SIGTERM is not caught, no preemption saves.")
+      return
+    self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
 
   def _on_sigterm(self, signum, frame):
     del signum, frame
