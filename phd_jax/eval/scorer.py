@@ -1,0 +1,148 @@
+"""Batched, sharded log-likelihood scoring of (context, continuation) requests.
+
+`Scorer(model, seq_len=..., batch_size=..., mesh=...)` turns requests into fixed-shape
+`[batch_size, seq_len]` batches (`packing.plan`: truncation, shared prefixes, packed rows),
+runs them through one jitted forward on the mesh, and returns each request's summed
+continuation log-probability and whether greedy decoding would have produced it.
+One compilation per (model, batch shape): every batch has the same shape.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from phd_jax import sharding
+from phd_jax.eval import packing
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+  """Token ids of a request, framed like a training document (`[BOS] + text`).
+
+  The pair is encoded as one string and split after the context's tokens, with the
+  context's trailing whitespace moved to the continuation (lm-evaluation-harness's rule), so
+  that subword tokenizers see the text as they would in a document.
+  """
+  spaces = len(context) - len(context.rstrip())
+  if spaces:
+    context, continuation = context[:-spaces], context[-spaces:] + continuation
+  whole = tokenizer.encode(context + continuation)
+  context_ids = tokenizer.encode(context)
+  return [tokenizer.bos_id] + context_ids, whole[len(context_ids):]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _query_logprobs(graphdef, state, tokens_BT, segment_ids_BT, positions_BT, query_pos_BQ,
+                    query_tok_BQ):
+  """log P(query_tok | tokens up to query_pos) and whether it is the argmax, `[B, Q]`."""
+  with nnx.logical_axis_rules(sharding.RULES):
+    logits_BTV = nnx.merge(graphdef, state)(tokens_BT, segment_ids_BT, positions_BT)
+  log_z_BT = jax.nn.logsumexp(logits_BTV, axis=-1)
+  best_BT = jnp.argmax(logits_BTV, axis=-1)
+  pos_BQ = jnp.maximum(query_pos_BQ, 0)
+  rows_B1 = jnp.arange(tokens_BT.shape[0])[:, None]
+  logprob_BQ = (logits_BTV[rows_B1, pos_BQ, query_tok_BQ] -
+                jnp.take_along_axis(log_z_BT, pos_BQ, axis=1))
+  greedy_BQ = jnp.take_along_axis(best_BT, pos_BQ, axis=1) == query_tok_BQ
+  # Replicated results: every process reads all of them back.
+  replicated = PartitionSpec()
+  return (jax.lax.with_sharding_constraint(logprob_BQ, replicated),
+          jax.lax.with_sharding_constraint(greedy_BQ, replicated))
+
+
+def single_device_mesh() -> Mesh:
+  axis_types = (jax.sharding.AxisType.Auto,) * len(sharding.AXES)
+  return jax.make_mesh((1, 1, 1), sharding.AXES, axis_types=axis_types,
+                       devices=jax.devices()[:1])
+
+
+class Scorer:
+  """Log-likelihoods of requests under `model` (any nnx module called as
+  `model(tokens_BT, segment_ids_BT, positions_BT) -> logits_BTV`).
+
+  mesh: the ("data", "fsdp", "tensor") mesh the model's parameters live on (as in
+  training); None puts them on one device. batch_size rows (rounded up to a multiple of the
+  data-parallel devices) of seq_len tokens make one batch.
+  """
+
+  def __init__(self, model, *, seq_len: int, batch_size: int, mesh: Mesh | None = None,
+               progress: bool = False):
+    if seq_len < 2 or batch_size < 1:
+      raise ValueError(f"seq_len must be >= 2 and batch_size >= 1; got {seq_len}, "
+                       f"{batch_size}")
+    self.graphdef, state = nnx.split(model)
+    if mesh is None:
+      mesh = single_device_mesh()
+      state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
+    self.state, self.mesh, self.seq_len = state, mesh, seq_len
+    dp = sharding.data_parallel_size(mesh)
+    self.batch_size = math.ceil(batch_size / dp) * dp
+    self.progress = progress
+
+  def _global(self, rows: np.ndarray) -> jax.Array:
+    batch_sharding = sharding.batch_sharding(self.mesh)
+    return jax.make_array_from_callback(rows.shape, batch_sharding, lambda index: rows[index])
+
+  def _run(self, plan: packing.Plan, desc: str) -> tuple[np.ndarray, np.ndarray]:
+    """Flat `[rows * seq_len]` query log-probabilities and greedy flags of a plan."""
+    B, T = self.batch_size, self.seq_len
+    num_batches = math.ceil(plan.num_rows / B)
+    padded_rows = num_batches * B
+    arrays = []
+    for name, fill in (("tokens", 0), ("segment_ids", 0), ("positions", 0),
+                       ("query_pos", -1), ("query_tok", 0)):
+      array = getattr(plan, name)
+      padding = np.full((padded_rows - plan.num_rows, T), fill, np.int32)
+      arrays.append(np.concatenate([array, padding]))
+    logprob = np.zeros((padded_rows, T), np.float32)
+    greedy = np.zeros((padded_rows, T), bool)
+    show = self.progress and jax.process_index() == 0
+
+    def collect(b, result):  # reading back batch b while batch b + 1 runs
+      logprob[b * B:(b + 1) * B], greedy[b * B:(b + 1) * B] = (np.asarray(r) for r in result)
+
+    pending = None
+    with jax.set_mesh(self.mesh):
+      for b in tqdm.trange(num_batches, desc=desc, disable=not show, leave=False):
+        batch = [self._global(a[b * B:(b + 1) * B]) for a in arrays]
+        result = _query_logprobs(self.graphdef, self.state, *batch)
+        if pending is not None:
+          collect(*pending)
+        pending = (b, result)
+      if pending is not None:
+        collect(*pending)
+    return logprob.reshape(-1), greedy.reshape(-1)
+
+  def loglikelihood(self, requests, desc: str = "scoring") -> list[tuple[float, bool]]:
+    """`[(context_ids, continuation_ids), ...]` -> `[(sum of log P(continuation)), greedy)]`.
+
+    Contexts longer than fits lose their oldest tokens; continuations must fit seq_len.
+    """
+    if not requests:
+      return []
+    plan = packing.plan(requests, self.seq_len)
+    logprob, greedy = self._run(plan, desc)
+    return [(float(logprob[q].sum(dtype=np.float64)), bool(greedy[q].all()))
+            for q in plan.request_queries]
+
+  def loglikelihood_rolling(self, documents, desc: str = "rolling") -> list[float]:
+    """Summed log-probability of every token after the first of each document (token ids
+    starting with BOS), in disjoint windows of seq_len targets (lm-evaluation-harness's
+    rolling windows: each window sees the tokens before it that fit)."""
+    requests, owner = [], []
+    for i, doc in enumerate(documents):
+      for start in range(1, len(doc), self.seq_len):
+        context = doc[max(0, start - self.seq_len):start]
+        requests.append((context, doc[start:start + self.seq_len]))
+        owner.append(i)
+    totals = np.zeros(len(documents), np.float64)
+    np.add.at(totals, np.asarray(owner, np.int64),
+              [score for score, _ in self.loglikelihood(requests, desc)])
+    return totals.tolist()

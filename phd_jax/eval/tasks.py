@@ -1,0 +1,129 @@
+"""The paper's seven zero-shot tasks: reading the JSONL format, building the scoring
+requests of each example, and accuracy with standard errors.
+
+Format (one JSON object per line of `<data_dir>/<task>/<task>.jsonl`):
+`{"id": str, "context": str, "choices": [str, ...], "label": int}`; option i is scored as
+log P(choices[i] | context). WinoGrande records carry a shared `continuation` instead:
+option i is log P(continuation | context + choices[i]) (partial scoring).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+  metric: str  # what the paper reports (OLMo conventions, PAPER.md): "acc" or "acc_norm"
+  partial: bool = False  # WinoGrande: options complete the context, a shared continuation
+
+
+# Names as in the data directory, in the order of the paper's table.
+TASKS = {
+    "mmlu": TaskSpec("acc_norm"),
+    "hellaswag": TaskSpec("acc_norm"),
+    "arc_challenge": TaskSpec("acc_norm"),
+    "arc_easy": TaskSpec("acc"),
+    "piqa": TaskSpec("acc_norm"),
+    "winogrande": TaskSpec("acc", partial=True),
+    "commonsense_qa": TaskSpec("acc_norm"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+  id: str
+  context: str
+  choices: tuple[str, ...]
+  label: int
+  continuation: str | None = None  # set for partial-scoring tasks (WinoGrande)
+
+  def requests(self) -> list[tuple[str, str]]:
+    """(context, continuation) text pairs whose log-likelihoods decide the example."""
+    if self.continuation is not None:
+      return [(self.context + c, self.continuation) for c in self.choices]
+    return [(self.context, c) for c in self.choices]
+
+  def scored_chars(self) -> list[int]:
+    """Length in characters of each option's scored text: acc_norm divides by it."""
+    return [len(cont) for _, cont in self.requests()]
+
+
+def task_path(data_dir: str, name: str) -> str:
+  return os.path.join(data_dir, name, f"{name}.jsonl")
+
+
+def _check_record(record, where: str, partial: bool) -> Example:
+  if not isinstance(record, dict):
+    raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+  fields = {"id": str, "context": str, "choices": list, "label": int}
+  if partial:
+    fields["continuation"] = str
+  for field, kind in fields.items():
+    value = record.get(field)
+    if not isinstance(value, kind) or isinstance(value, bool):
+      raise ValueError(f"{where}: field {field!r} must be a {kind.__name__}; got {value!r}")
+  choices = record["choices"]
+  if len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
+    raise ValueError(f"{where}: field 'choices' must hold at least two non-empty strings")
+  if not 0 <= record["label"] < len(choices):
+    raise ValueError(f"{where}: label {record['label']} is not an index into "
+                     f"{len(choices)} choices")
+  if partial and not record["continuation"]:
+    raise ValueError(f"{where}: field 'continuation' is empty")
+  return Example(record["id"], record["context"], tuple(choices), record["label"],
+                 record["continuation"] if partial else None)
+
+
+def load_task(data_dir: str, name: str, limit: int | None = None) -> list[Example]:
+  """The first `limit` (all if None) examples of a task, checked field by field."""
+  if name not in TASKS:
+    raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
+  path = task_path(data_dir, name)
+  if not os.path.isfile(path):
+    raise ValueError(f"task {name!r}: no file {path}; pass --data_dir pointing at a "
+                     "directory with <task>/<task>.jsonl files (see the README)")
+  examples = []
+  with open(path, encoding="utf-8") as f:
+    for line_number, line in enumerate(f, 1):
+      if limit is not None and len(examples) >= limit:
+        break
+      if not line.strip():
+        continue
+      where = f"{path}:{line_number}"
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: not JSON ({e})") from None
+      examples.append(_check_record(record, where, TASKS[name].partial))
+  if not examples:
+    raise ValueError(f"task {name!r}: {path} holds no examples")
+  return examples
+
+
+def stderr_of_mean(values) -> float:
+  """Standard error of a mean from the sample standard deviation (lm-eval's convention)."""
+  values = np.asarray(values, np.float64)
+  if len(values) < 2:
+    return float("nan")
+  return math.sqrt(values.var(ddof=1) / len(values))
+
+
+def accuracy(examples: list[Example], loglikelihoods: list[list[float]]) -> dict:
+  """acc (argmax of summed log-likelihood) and acc_norm (divided by the scored text's length
+  in characters), each with its standard error; ties go to the lowest index."""
+  correct, correct_norm = [], []
+  for example, lls in zip(examples, loglikelihoods, strict=True):
+    lls = np.asarray(lls, np.float64)
+    correct.append(float(np.argmax(lls) == example.label))
+    correct_norm.append(float(np.argmax(lls / np.asarray(example.scored_chars())) ==
+                              example.label))
+  return {"num_examples": len(examples),
+          "acc": float(np.mean(correct)), "acc_stderr": stderr_of_mean(correct),
+          "acc_norm": float(np.mean(correct_norm)),
+          "acc_norm_stderr": stderr_of_mean(correct_norm)}
