@@ -20,8 +20,6 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import platform
-import signal
-import threading
 import time
 
 import jax
@@ -331,46 +329,6 @@ def _check_data_file(folder: epath.Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Preemption.
-
-
-class PreemptionGuard:
-  """Tells the loop, at each step boundary, that it should save and exit.
-
-  With `jax.distributed` initialised (several processes), JAX's preemption service
-  catches SIGTERM (and TPU maintenance notices) and `reached(step)` turns True on every
-  process at the same step. A single process catches SIGTERM itself. Create it after
-  `jax.distributed.initialize` and call `reached(step)` every step on every process.
-  """
-
-  def __init__(self):
-    self._synced = (jax.distributed.is_initialized()
-                    and jax.config.jax_enable_preemption_service)
-    self._signalled = False
-    self._previous = None
-    if self._synced:
-      return
-    if threading.current_thread() is not threading.main_thread():
-      logging.warning("Not on the main thread: SIGTERM is not caught, no preemption saves.")
-      return
-    self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
-
-  def _on_sigterm(self, signum, frame):
-    del signum, frame
-    self._signalled = True  # only a flag: a signal handler must not take locks
-
-  def reached(self, step: int) -> bool:
-    if self._synced:
-      return ocp.multihost.reached_preemption(int(step))
-    return self._signalled
-
-  def close(self):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
-
-
-# ---------------------------------------------------------------------------------------------
 # Params only: warm starts, exports, configs of saved runs.
 
 
@@ -414,7 +372,8 @@ def load_params(path, abstract_params):
 def load_config(path) -> ml_collections.ConfigDict:
   """The resolved config saved with a checkpoint or export."""
   folder = resolve(path)
-  return ml_collections.ConfigDict(_restore_items(folder, {CONFIG: ocp.args.JsonRestore()})[CONFIG])
+  restored = _restore_items(folder, {CONFIG: ocp.args.JsonRestore()})
+  return ml_collections.ConfigDict(restored[CONFIG])
 
 
 def export_params(path, params, config) -> epath.Path:
