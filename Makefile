@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: install test train clean
+.PHONY: install test train clean test-tools
 
 $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,7 +16,12 @@ $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+# tests/test_launch.py lints the launch scripts with shellcheck (a Debian package).
+test-tools:
+	@command -v shellcheck >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck) \
+	  || { echo "make test needs shellcheck: install it (apt-get install shellcheck)" >&2; exit 1; }
+
+test: $(STAMP) test-tools
 	$(PY) -m pytest -n $(PYTEST_WORKERS) -q tests
 
 train: $(STAMP)
