@@ -196,9 +196,9 @@ class Checkpointer:
   """Saves and restores a run's TrainState, data iterator state and config under
   `workdir/checkpoints`, as `config.checkpoint` says (every, keep, keep_period, async_save).
 
-  Call every method from all processes. Folders newer than the newest complete checkpoint
-  that are not complete themselves (e.g. a copy truncated on the way) are renamed to
-  `<step>.corrupt` at start, with a warning, so that the step can be saved again.
+  Call every method from all processes. Step folders that are not complete checkpoints
+  (see `folder_problem`) are renamed to `<step>.corrupt` at start, with a warning, so that
+  Orbax neither counts nor rotates them and the step can be saved again.
   """
 
   def __init__(self, workdir, config):
@@ -208,7 +208,7 @@ class Checkpointer:
     self._async = config.checkpoint.async_save
     self._warned: set[str] = set()
     self._saving_step = None
-    self._set_aside_broken_newest()
+    self._set_aside_broken()
     every = config.checkpoint.every
     keep = [ocp.checkpoint_managers.LatestN(n=config.checkpoint.keep)]
     if config.checkpoint.keep_period:
@@ -228,25 +228,25 @@ class Checkpointer:
   def _record_sizes(self):
     _record_sizes(self.directory / str(self._saving_step))
 
-  def _set_aside_broken_newest(self):
+  def _set_aside_broken(self):
     for unfinished in self.directory.glob(f"*{TMP_SUFFIX}*"):
       logging.warning("Ignoring unfinished save %s; Orbax replaces it if its step is saved "
                       "again.", unfinished)
-    folders = _step_folders(self.directory)
-    newest = _newest_complete(folders, self._warned)
-    broken = [p for step, p in folders.items() if newest is None or step > newest]
-    if broken and jax.process_index() == 0:
-      for folder in broken:
-        target = folder.parent / (folder.name + CORRUPT_SUFFIX)
-        suffix = 1
+    broken = {folder: problem for _, folder in sorted(_step_folders(self.directory).items())
+              if (problem := folder_problem(folder))}
+    if not broken:
+      return
+    if jax.process_index() == 0:
+      for folder, problem in broken.items():
+        target, suffix = folder.parent / (folder.name + CORRUPT_SUFFIX), 1
         while target.exists():
           target, suffix = folder.parent / f"{folder.name}{CORRUPT_SUFFIX}{suffix}", suffix + 1
         folder.rename(target)
-        logging.warning("Moved it aside, not deleted: %s -> %s", folder, target)
-    if broken:
-      # Every process computed the same list; the name must be unique per barrier.
-      ocp.multihost.sync_global_processes(
-          "phd_jax_set_aside:" + ",".join(sorted(p.name for p in broken)))
+        logging.warning("Skipping incomplete or corrupted checkpoint %s (%s): moved to %s, "
+                        "not deleted.", folder, problem, target)
+    # Every process found the same folders; a barrier's name must be unique.
+    ocp.multihost.sync_global_processes(
+        "phd_jax_set_aside:" + ",".join(sorted(p.name for p in broken)))
 
   def latest_step(self) -> int | None:
     """The newest complete, readable step (None if there is none); saves in flight wait."""
