@@ -48,6 +48,9 @@ def validate_options(config) -> None:
                            ("keep_period", c.keep_period, 0)):
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
       raise ValueError(f"checkpoint.{name} must be an integer >= {low}; got {value!r}")
+  if c.every and c.keep_period % c.every:
+    raise ValueError(f"checkpoint.keep_period={c.keep_period} must be a multiple of "
+                     f"checkpoint.every={c.every}, or it keeps (almost) nothing")
   if not isinstance(c.async_save, bool):
     raise ValueError(f"checkpoint.async_save must be a bool; got {c.async_save!r}")
 

@@ -261,6 +261,8 @@ def test_bad_options_and_data_state_are_clear_errors(tmp_path):
     checkpoint.Checkpointer(tmp_path, _config(keep=0))
   with pytest.raises(ValueError, match="checkpoint.every"):
     checkpoint.Checkpointer(tmp_path, _config(every=-1))
+  with pytest.raises(ValueError, match="checkpoint.keep_period=5 must be a multiple"):
+    checkpoint.Checkpointer(tmp_path, _config(every=2, keep_period=5))
   config = _config()
   with checkpoint.Checkpointer(tmp_path, config) as ckpt:
     with pytest.raises(ValueError, match="JSON"):
