@@ -6,6 +6,7 @@
 #SBATCH --ntasks-per-node=1
 #SBATCH --gpus-per-node=8
 #SBATCH --exclusive
+#SBATCH --signal=TERM@180
 set -euo pipefail
 
 # sbatch runs a copy of this script from its spool directory: find the repository
@@ -33,7 +34,8 @@ owning all the node's GPUs (default) or one process per GPU (--per_gpu):
   python -m phd_jax.main <arguments> --coordinator=<first node>:PORT
       --num_processes=<nodes x processes per node> --process_id=\$SLURM_PROCID
 Rank i logs to <workdir>/logs/rank_<i>.log (appended across requeues), the job itself
-to <workdir>/logs/slurm-<job id>.out.
+to <workdir>/logs/slurm-<job id>.out. SLURM sends SIGTERM 180 s before the time limit,
+so the trainer stops at a step boundary; rerunning the command resumes from the workdir.
 
 Options:
   --nodes N            nodes (default: the job's nodes inside a job, else 1)
@@ -84,7 +86,7 @@ if [[ -z ${SLURM_JOB_ID:-} ]]; then
   ((DRY_RUN)) || need_tool sbatch "to submit the job (or run this inside salloc)"
   run mkdir -p "$log_dir"
   run sbatch --job-name=phd_jax "--nodes=${nodes:-1}" "--ntasks-per-node=$tasks_per_node" \
-      "--gpus-per-node=$gpus_per_node" --exclusive --open-mode=append \
+      "--gpus-per-node=$gpus_per_node" --exclusive --open-mode=append --signal=TERM@180 \
       "--output=$log_dir/slurm-%j.out" "${sbatch_arg[@]}" \
       "--export=ALL,PHD_JAX_LAUNCH_DIR=$LAUNCH_DIR" "$LAUNCH_DIR/gpu_slurm.sh" \
       "--gpus_per_node=$gpus_per_node" "${forward[@]}" -- "${TRAINER_ARGS[@]}"

@@ -24,7 +24,7 @@ Options:
                            all visible GPUs split evenly), given to each process through
                            JAX_LOCAL_DEVICE_IDS. TPU: one process owns the host (N = 1).
   --platform P             cpu | gpu | tpu (default: from JAX_PLATFORMS, else gpu when
-                           nvidia-smi lists GPUs, tpu when /dev/accel0 or /dev/vfio exists,
+                           nvidia-smi lists GPUs, tpu when /dev/accel0 or /dev/vfio/0 exists,
                            else cpu)
   --port P                 coordinator port (default: a free port)
   --python PY              interpreter (default: \$PYTHON, else .venv/bin/python of this
@@ -56,7 +56,7 @@ if [[ -z $platform ]]; then
     platform=${JAX_PLATFORMS%%,*}
   elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
     platform=gpu
-  elif [[ -e /dev/accel0 || -d /dev/vfio ]]; then
+  elif [[ -e /dev/accel0 || -e /dev/vfio/0 ]]; then  # TPU chips: v4 and older, v5e and newer
     platform=tpu
   else
     platform=cpu
@@ -124,10 +124,12 @@ run mkdir -p "$log_dir"
 pids=()
 # Each rank runs in its own session (setsid), so a signal to its process group also
 # reaches the data workers it forked.
-stop_ranks() {  # TERM, then KILL whatever is left after a grace period
-  local pid alive
+# SIGTERM lets the trainer stop at a step all ranks agree on; what is still alive after
+# $1 seconds gets SIGKILL.
+stop_ranks() {
+  local grace=$1 pid alive tick
   for pid in "${pids[@]}"; do [[ -z $pid ]] || kill -TERM -- "-$pid" 2>/dev/null || true; done
-  for _ in {1..20}; do
+  for ((tick = 0; tick < grace * 2; tick++)); do
     alive=0
     for pid in "${pids[@]}"; do [[ -z $pid ]] || ! kill -0 -- "-$pid" 2>/dev/null || alive=1; done
     ((alive)) || return 0
@@ -136,8 +138,8 @@ stop_ranks() {  # TERM, then KILL whatever is left after a grace period
   for pid in "${pids[@]}"; do [[ -z $pid ]] || kill -KILL -- "-$pid" 2>/dev/null || true; done
 }
 if ((!DRY_RUN)); then
-  trap stop_ranks EXIT
-  trap 'echo "$PROG: interrupted, stopping all ranks" >&2; exit 130' INT TERM
+  trap 'stop_ranks 0' EXIT
+  trap 'echo "$PROG: interrupted, stopping all ranks" >&2; stop_ranks 60; exit 130' INT TERM
 fi
 
 log0=$log_dir/rank_0.log
@@ -178,7 +180,7 @@ while ((remaining > 0)); do
       status=$rc
       echo "$PROG: rank $rank failed (exit code $rc); stopping the others. Its log ends with:" >&2
       tail -n 20 "$log_dir/rank_$rank.log" >&2
-      stop_ranks
+      stop_ranks 5  # the others wait in collectives for the failed rank
     fi
   done
   ((remaining == 0)) || sleep 0.5

@@ -7,8 +7,10 @@ import json
 import os
 import pathlib
 import shlex
+import signal
 import subprocess
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -153,6 +155,29 @@ def test_local_stops_all_ranks_when_one_fails(tmp_path):
   assert "rank 0: -m phd_jax.main" in proc.stdout and "earlier run" not in proc.stdout
 
 
+def test_local_interrupt_stops_every_rank(tmp_path):
+  trainer = tmp_path / "fake_python"
+  trainer.write_text(FAKE_TRAINER)
+  trainer.chmod(0o755)
+  workdir = tmp_path / "w"
+  env = {"PATH": os.environ["PATH"], "FAIL_RANK": "none"}
+  proc = subprocess.Popen(
+      [str(LAUNCH / "local.sh"), "--num_processes", "2", "--platform", "cpu", "--python",
+       str(trainer), "--", "--config=c", f"--workdir={workdir}"],
+      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  log1 = workdir / "logs" / "rank_1.log"
+  for _ in range(100):  # until rank 1 is up
+    if log1.exists() and log1.read_text():
+      break
+    time.sleep(0.1)
+  proc.send_signal(signal.SIGINT)
+  _, stderr = proc.communicate(timeout=20)
+  assert proc.returncode == 130
+  assert "interrupted, stopping all ranks" in stderr
+  for i in (0, 1):
+    assert (workdir / "logs" / f"rank_{i}.log").read_text().endswith(f"rank {i} stopped\n")
+
+
 # ---------------------------------------------------------------- gpu_slurm.sh
 
 def test_slurm_dry_run_outside_a_job_submits_itself():
@@ -162,7 +187,7 @@ def test_slurm_dry_run_outside_a_job_submits_itself():
   assert out.splitlines() == [
       "mkdir -p /shared/run/logs",
       "sbatch --job-name=phd_jax --nodes=2 --ntasks-per-node=8 --gpus-per-node=8 --exclusive "
-      "--open-mode=append --output=/shared/run/logs/slurm-%j.out --partition=h100 "
+      "--open-mode=append --signal=TERM@180 --output=/shared/run/logs/slurm-%j.out --partition=h100 "
       f"--time=1:00:00 --export=ALL,PHD_JAX_LAUNCH_DIR={LAUNCH} {LAUNCH}/gpu_slurm.sh "
       "--gpus_per_node=8 --per_gpu -- --config=configs/olmo2_1b.py:PHD-CSWA-2-16-32 "
       "--workdir=/shared/run",
@@ -348,7 +373,7 @@ def test_local_two_processes_train_like_one(tmp_path):
   overrides = [f"--config.{k}={v}" for k, v in TINY.items()]
   multi = tmp_path / "multi"
   proc = launch("local.sh", "--num_processes", "2", "--devices_per_process", "4",
-                "--python", str(ROOT / ".venv" / "bin" / "python"), "--",
+                "--platform", "cpu", "--python", str(ROOT / ".venv" / "bin" / "python"), "--",
                 "--config=configs/tiny.py:PHD-CSWA-2-2-4", f"--workdir={multi}", *overrides,
                 check=False, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
