@@ -225,6 +225,23 @@ def test_slurm_dry_run_in_a_job_one_process_per_gpu_keeps_given_env():
   """)
 
 
+@pytest.mark.parametrize("found_by", ["PHD_JAX_LAUNCH_DIR", "SLURM_SUBMIT_DIR"])
+def test_slurm_copy_in_the_spool_directory_finds_the_repository(tmp_path, found_by):
+  """sbatch runs a copy of the script from elsewhere: it finds launch/ through the
+  variable its own submission exports, or the directory sbatch was called from."""
+  spool_copy = tmp_path / "slurm_script"
+  spool_copy.write_text((LAUNCH / "gpu_slurm.sh").read_text())
+  spool_copy.chmod(0o755)
+  env = {"PATH": os.environ["PATH"], "PYTHON": "python3", **SLURM_JOB,
+         found_by: str(LAUNCH if found_by == "PHD_JAX_LAUNCH_DIR" else ROOT)}
+  proc = subprocess.run([str(spool_copy), "--dry_run", "--", "--config=c.py", "--workdir=w"],
+                        env=env, capture_output=True, text=True, cwd=tmp_path)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.splitlines()[-1].endswith(
+      "python3 -m phd_jax.main --config=c.py --workdir=w --coordinator=gpu017:24242 "
+      "--num_processes=2")
+
+
 @pytest.mark.parametrize("args, env, message", [
     (["--per_gpu"], {**SLURM_JOB, "SLURM_NTASKS_PER_NODE": "1"}, "--ntasks-per-node=1 but this run needs 8"),
     (["--gpus_per_node", "4"], SLURM_JOB, "--gpus_per_node=4 but the job has 8 GPUs"),
