@@ -1,0 +1,126 @@
+"""The hidden band: the hidden keys a hidden query may see, in blocks along the sequence.
+
+Besides the originals (causal by token, handled elsewhere), a hidden query (copy a >= 1
+of token p) sees only hidden keys of its own token (R2: copies 1..a) and, with a window,
+hidden copies of tokens at most `lookback` before it (SWA, CSWA). So the hidden stream is
+cut into blocks of `size >= lookback` tokens, and each block of queries scores only the
+hidden keys of its own and the previous block: (K-1)*T*2*size*(K-1) scores instead of
+(K*T)^2, whatever the sequence length.
+
+Layouts: hidden queries `[B, Q, K-1, G, R, Dh]` (R = query heads per key/value head), hidden
+keys/values `[B, T, K-1, G, Dh]`; scores `[B, G, Q, K-1, R, J]` with J = span * (K-1)
+candidate keys per query block.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from phd_jax.masks import PHDSpec
+
+MASKED = -1e30  # the reference's value, so masked scores agree bit for bit
+
+
+def lookback(spec: PHDSpec) -> int:
+  """How many tokens back a hidden query may find a visible hidden key (0: own token)."""
+  if spec.window == 0:
+    return 0
+  if spec.window_unit == "tokens":  # W hidden tokens span ceil(W / (K-1)) earlier tokens
+    return -(-spec.window // (spec.k - 1))
+  return spec.window
+
+
+class HiddenBand:
+  """Scores and outputs of hidden queries against the hidden keys their rules allow.
+
+  Built once per call from the spec and the token metadata; `scores` and `outputs` work
+  on any query range [start, stop) of the sequence (static ints).
+  """
+
+  def __init__(self, spec: PHDSpec, num_tokens: int, segment_ids_BT=None,
+               positions_BT=None):
+    self.spec, self.num_tokens = spec, num_tokens
+    reach = lookback(spec)
+    self.size = max(reach, 1)
+    self.halo = self.size if reach else 0  # keys of the previous block, when a window exists
+    self.span = self.size + self.halo
+    self.segment_ids = segment_ids_BT
+    if spec.chunk is not None and positions_BT is None:
+      positions_BT = jnp.arange(num_tokens)[None]
+    self.chunks = None if spec.chunk is None else positions_BT // spec.chunk
+
+  def _num_blocks(self, start: int, stop: int) -> int:
+    return -(-(stop - start) // self.size)
+
+  def _key_blocks(self, x, start: int, stop: int):
+    """Per query block, the token-axis slice of `x` [B, T, ...] its keys come from:
+    `[B, nb, span, ...]`, zero-padded outside the sequence."""
+    nb = self._num_blocks(start, stop)
+    lo, hi = start - self.halo, start + nb * self.size
+    piece = x[:, max(lo, 0):min(hi, self.num_tokens)]
+    pad = [(0, 0)] * x.ndim
+    pad[1] = (max(-lo, 0), max(hi - self.num_tokens, 0))
+    piece = jnp.pad(piece, pad)
+    blocks = piece.reshape(x.shape[0], -1, self.size, *x.shape[2:])
+    if self.halo:  # block n's keys: tokens of blocks n-1 and n
+      blocks = jnp.concatenate([blocks[:, :-1], blocks[:, 1:]], axis=2)
+    return blocks
+
+  def _query_blocks(self, x, start: int, stop: int):
+    """`x` [B, stop-start, ...] padded and cut into `[B, nb, size, ...]`."""
+    nb = self._num_blocks(start, stop)
+    pad = [(0, 0)] * x.ndim
+    pad[1] = (0, nb * self.size - x.shape[1])
+    return jnp.pad(x, pad).reshape(x.shape[0], nb, self.size, *x.shape[2:])
+
+  def _mask(self, start: int, stop: int):
+    """Allowed (query, key) pairs, `[B|1, nb, size, K-1, span * (K-1)]`."""
+    spec, kh = self.spec, self.spec.k - 1
+    nb = self._num_blocks(start, stop)
+    block = jnp.arange(nb)[None, :, None, None, None, None] * self.size  # [1, nb, ...]
+    q_tok = start + block + jnp.arange(self.size)[:, None, None, None]
+    k_tok = start - self.halo + block + jnp.arange(self.span)[:, None]
+    q_copy = jnp.arange(1, kh + 1)[:, None, None]
+    k_copy = jnp.arange(1, kh + 1)
+    allowed = (k_tok == q_tok) & (k_copy <= q_copy)  # R2 among the hidden copies
+    if spec.window:
+      earlier = k_tok < q_tok
+      if spec.window_unit == "tokens":  # distance in the hidden stream
+        near = (q_tok - k_tok) * kh + (q_copy - k_copy) <= spec.window
+      else:
+        near = q_tok - k_tok <= spec.window
+      in_window = earlier & near
+      if self.chunks is not None:
+        q_chunk = self._query_blocks(self.chunks[:, start:stop], start, stop)
+        k_chunk = self._key_blocks(self.chunks, start, stop)
+        in_window = in_window & (q_chunk[..., :, None, None, None] ==
+                                 k_chunk[..., None, None, :, None])
+      allowed = allowed | in_window
+    allowed = allowed & (k_tok >= 0) & (k_tok < self.num_tokens)
+    if self.segment_ids is not None:
+      q_seg = self._query_blocks(self.segment_ids[:, start:stop], start, stop)
+      k_seg = self._key_blocks(self.segment_ids, start, stop)
+      allowed = allowed & (q_seg[..., :, None, None, None] == k_seg[..., None, None, :, None])
+    return allowed.reshape(*allowed.shape[:-2], -1)
+
+  def scores(self, q_BQAGRD, k_BTAGD, start: int, stop: int):
+    """Masked float32 scores `[B, G, Q, K-1, R, J]` of the hidden queries of tokens
+    [start, stop) against their candidate hidden keys."""
+    B, Q, kh, G, R, Dh = q_BQAGRD.shape
+    q = self._query_blocks(q_BQAGRD, start, stop)
+    k = self._key_blocks(k_BTAGD, start, stop)
+    k = k.reshape(B, k.shape[1], -1, G, Dh)  # [B, nb, J, G, Dh]
+    s = jnp.einsum("bnsagrd,bnjgd->bgnsarj", q, k,
+                   preferred_element_type=jnp.float32) * Dh**-0.5
+    mask = self._mask(start, stop)[:, None, :, :, :, None, :]
+    s = jnp.where(mask, s, MASKED)
+    return s.reshape(B, G, -1, kh, R, s.shape[-1])[:, :, :Q]
+
+  def outputs(self, probs_BGQARJ, v_BTAGD, start: int, stop: int):
+    """Probability-weighted hidden values, `[B, Q, K-1, G, R, Dh]`."""
+    B, G, Q, kh, R, J = probs_BGQARJ.shape
+    p = self._query_blocks(jnp.swapaxes(probs_BGQARJ, 1, 2), start, stop)  # [B, nb, S, G, ..]
+    v = self._key_blocks(v_BTAGD, start, stop)
+    v = v.reshape(B, v.shape[1], J, G, v.shape[-1])
+    out = jnp.einsum("bnsgarj,bnjgd->bnsagrd", p.astype(v.dtype), v)
+    return out.reshape(B, -1, kh, G, R, out.shape[-1])[:, :Q]
