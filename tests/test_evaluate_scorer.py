@@ -87,24 +87,29 @@ def test_scorer_sharded_over_eight_devices_equals_per_request_forward():
 def test_plan_shares_prefixes_and_packs_rows():
   requests = make_requests()
   plan = packing.plan(requests, SEQ_LEN)
-  inputs = {tuple(packing.truncate(c, x, SEQ_LEN)[0]) for c, x in requests}
+  inputs = {tuple(packing.windows(c, x, SEQ_LEN)[0][0]) for c, x in requests}
   # No input that is a prefix of another is run on its own.
   served = [i for i in inputs if not any(j != i and j[:len(i)] == i for j in inputs)]
   assert (plan.segment_ids > 0).sum() == sum(len(i) for i in served)
   assert plan.num_rows == -(-sum(len(i) for i in served) // SEQ_LEN)  # rows are full
 
 
-def test_rolling_loglikelihood_equals_sum_over_tokens():
+def test_long_continuations_and_rolling_loglikelihood_score_in_windows():
   model = make("PHD-SWA-2-3-inf")
   rng = np.random.default_rng(3)
   documents = [[1] + rng.integers(3, CFG.vocab_size, n).tolist() for n in (5, 40)]
   scorer = Scorer(model, seq_len=SEQ_LEN, batch_size=2)
-  got = scorer.loglikelihood_rolling(documents)
-  # Independent windows: targets [1, 17), [17, 33), [33, 41), each after up to 16 tokens.
-  for doc, total in zip(documents, got):
-    expected = sum(brute_force(model, [(doc[max(0, s - SEQ_LEN):s], doc[s:s + SEQ_LEN])])[0][0]
-                   for s in range(1, len(doc), SEQ_LEN))
-    np.testing.assert_allclose(total, expected, rtol=1e-5)
+
+  def windowed(doc, c):
+    """Targets [c, c + 16), [c + 16, c + 32), ... each after the 16 tokens before them."""
+    return sum(brute_force(model, [(doc[max(0, s - SEQ_LEN):s], doc[s:s + SEQ_LEN])])[0][0]
+               for s in range(c, len(doc), SEQ_LEN))
+
+  got = scorer.loglikelihood([(d[:3], d[3:]) for d in documents])
+  np.testing.assert_allclose([g for g, _ in got], [windowed(d, 3) for d in documents],
+                             rtol=1e-5)
+  np.testing.assert_allclose(scorer.loglikelihood_rolling(documents + [[1]]),
+                             [windowed(d, 1) for d in documents] + [0.0], rtol=1e-5)
 
 
 class Chars:
@@ -127,5 +132,3 @@ def test_bad_requests_raise():
     scorer.loglikelihood([([1], [])])
   with pytest.raises(ValueError, match="context"):
     scorer.loglikelihood([([], [2])])
-  with pytest.raises(ValueError, match="seq_len"):
-    scorer.loglikelihood([([1], [2] * (SEQ_LEN + 1))])

@@ -3,9 +3,10 @@
 A request is `(context_ids, continuation_ids)`; its score is the summed log-probability of
 the continuation tokens given everything before them. Pure numpy, no devices.
 
-- Truncation: a request longer than `seq_len + 1` tokens keeps its last `seq_len + 1`
+- Windows: a request longer than `seq_len + 1` tokens keeps its last `seq_len + 1`
   (contexts lose their oldest tokens, as in lm-evaluation-harness); the model reads
-  `full[:-1]` and predicts `full[1:]`.
+  `full[:-1]` and predicts `full[1:]`. Continuations longer than `seq_len` are scored in
+  pieces (`windows`).
 - Shared prefixes: a request whose model input is a prefix of another's reads its
   log-probabilities from that one's forward (causal attention: the logits at a position
   depend only on the tokens up to it). Identical inputs, and in particular all options of a
@@ -45,17 +46,23 @@ class Plan:
     return self.tokens.shape[0]
 
 
-def truncate(context, continuation, seq_len: int) -> tuple[list[int], list[int], int]:
-  """(model input, targets, number of scored targets at the end) of one request."""
+def windows(context, continuation, seq_len: int):
+  """The forwards of one request: `(input, targets, scored)` with at most `seq_len` input
+  tokens, the last `scored` targets being the request's. A request longer than
+  `seq_len + 1` tokens loses its oldest context tokens; a continuation longer than
+  `seq_len` is scored in consecutive pieces of `seq_len` tokens, each after the
+  `seq_len` tokens before it (as lm-evaluation-harness's rolling windows)."""
   if len(continuation) < 1:
     raise ValueError("a request needs at least one continuation token")
   if len(context) < 1:
     raise ValueError("a request needs at least one context token (start with BOS)")
-  if len(continuation) > seq_len:
-    raise ValueError(f"continuation of {len(continuation)} tokens does not fit seq_len="
-                     f"{seq_len}; split it (as loglikelihood_rolling does)")
-  full = (list(context) + list(continuation))[-(seq_len + 1):]
-  return full[:-1], full[1:], len(continuation)
+  full = list(context) + list(continuation)
+  out = []
+  for start in range(len(context), len(full), seq_len):
+    piece = full[max(0, start - seq_len):start + seq_len]
+    scored = min(seq_len, len(full) - start)
+    out.append((piece[:-1][-seq_len:], piece[1:][-seq_len:], scored))
+  return out
 
 
 def _share_prefixes(inputs: list[tuple[int, ...]]) -> list[int]:
@@ -101,7 +108,11 @@ class _Rows:
 
 def plan(requests, seq_len: int) -> Plan:
   """Pack `[(context_ids, continuation_ids), ...]` into rows of `seq_len` tokens."""
-  truncated = [truncate(c, x, seq_len) for c, x in requests]
+  truncated, owner = [], []
+  for i, (context, continuation) in enumerate(requests):
+    for window in windows(context, continuation, seq_len):
+      truncated.append(window)
+      owner.append(i)
   inputs = [tuple(t[0]) for t in truncated]
   server = _share_prefixes(inputs)
   # Queries of a request: (position in its server's input, token), deduplicated per group.
@@ -148,10 +159,11 @@ def plan(requests, seq_len: int) -> Plan:
         query_pos[row, slot] = offset + pos
         query_tok[row, slot] = tok
 
-  request_queries = []
+  request_queries = [[] for _ in requests]
   for i, pairs in enumerate(wanted):
     index = {}
     for row, _, slots in placed[server[i]]:
       index.update({pair: row * seq_len + slot for pair, slot in slots.items()})
-    request_queries.append(np.array([index[p] for p in pairs], np.int64))
+    request_queries[owner[i]] += [index[p] for p in pairs]
+  request_queries = [np.array(q, np.int64) for q in request_queries]
   return Plan(tokens, segment_ids, positions, query_pos, query_tok, request_queries)

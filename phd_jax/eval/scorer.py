@@ -50,6 +50,7 @@ def _query_logprobs(graphdef, state, tokens_BT, segment_ids_BT, positions_BT, qu
   rows_B1 = jnp.arange(tokens_BT.shape[0])[:, None]
   logprob_BQ = (logits_BTV[rows_B1, pos_BQ, query_tok_BQ] -
                 jnp.take_along_axis(log_z_BT, pos_BQ, axis=1))
+  logprob_BQ = jnp.where(query_pos_BQ >= 0, logprob_BQ, 0.0)  # no query: adds nothing
   greedy_BQ = jnp.take_along_axis(best_BT, pos_BQ, axis=1) == query_tok_BQ
   # Replicated results: every process reads all of them back.
   replicated = PartitionSpec()
@@ -86,63 +87,58 @@ class Scorer:
     self.batch_size = math.ceil(batch_size / dp) * dp
     self.progress = progress
 
-  def _global(self, rows: np.ndarray) -> jax.Array:
+  def run(self, batches, global_rows: int, num_batches: int | None = None,
+          desc: str = "scoring"):
+    """Yield `(logprob, greedy)` numpy `[global_rows, Q]` for each batch of numpy rows
+    `(tokens, segment_ids, positions, query_pos, query_tok)`: this process's rows of a
+    `[global_rows, T]` batch (all of them, or its share as a data iterator yields them).
+    One batch runs on the devices while the previous one is read back."""
     batch_sharding = sharding.batch_sharding(self.mesh)
-    return jax.make_array_from_callback(rows.shape, batch_sharding, lambda index: rows[index])
-
-  def _run(self, plan: packing.Plan, desc: str) -> tuple[np.ndarray, np.ndarray]:
-    """Flat `[rows * seq_len]` query log-probabilities and greedy flags of a plan."""
-    B, T = self.batch_size, self.seq_len
-    num_batches = math.ceil(plan.num_rows / B)
-    padded_rows = num_batches * B
-    arrays = []
-    for name, fill in (("tokens", 0), ("segment_ids", 0), ("positions", 0),
-                       ("query_pos", -1), ("query_tok", 0)):
-      array = getattr(plan, name)
-      padding = np.full((padded_rows - plan.num_rows, T), fill, np.int32)
-      arrays.append(np.concatenate([array, padding]))
-    logprob = np.zeros((padded_rows, T), np.float32)
-    greedy = np.zeros((padded_rows, T), bool)
     show = self.progress and jax.process_index() == 0
-
-    def collect(b, result):  # reading back batch b while batch b + 1 runs
-      logprob[b * B:(b + 1) * B], greedy[b * B:(b + 1) * B] = (np.asarray(r) for r in result)
-
     pending = None
     with jax.set_mesh(self.mesh):
-      for b in tqdm.trange(num_batches, desc=desc, disable=not show, leave=False):
-        batch = [self._global(a[b * B:(b + 1) * B]) for a in arrays]
+      for arrays in tqdm.tqdm(batches, desc=desc, total=num_batches, disable=not show,
+                              leave=False):
+        shape = (global_rows, arrays[0].shape[1])
+        batch = [jax.make_array_from_process_local_data(batch_sharding, a, shape)
+                 for a in arrays]
         result = _query_logprobs(self.graphdef, self.state, *batch)
         if pending is not None:
-          collect(*pending)
-        pending = (b, result)
+          yield tuple(np.asarray(r) for r in pending)
+        pending = result
       if pending is not None:
-        collect(*pending)
-    return logprob.reshape(-1), greedy.reshape(-1)
+        yield tuple(np.asarray(r) for r in pending)
 
   def loglikelihood(self, requests, desc: str = "scoring") -> list[tuple[float, bool]]:
     """`[(context_ids, continuation_ids), ...]` -> `[(sum of log P(continuation)), greedy)]`.
 
-    Contexts longer than fits lose their oldest tokens; continuations must fit seq_len.
+    Contexts longer than fits lose their oldest tokens; continuations longer than seq_len
+    are scored in windows (`packing.windows`).
     """
     if not requests:
       return []
     plan = packing.plan(requests, self.seq_len)
-    logprob, greedy = self._run(plan, desc)
+    B, T = self.batch_size, self.seq_len
+    num_batches = math.ceil(plan.num_rows / B)
+    arrays = []
+    for name, fill in (("tokens", 0), ("segment_ids", 0), ("positions", 0),
+                       ("query_pos", -1), ("query_tok", 0)):
+      array = getattr(plan, name)
+      padding = np.full((num_batches * B - plan.num_rows, T), fill, np.int32)
+      arrays.append(np.concatenate([array, padding]))
+    batches = ([a[b * B:(b + 1) * B] for a in arrays] for b in range(num_batches))
+    results = list(self.run(batches, B, num_batches, desc))
+    logprob = np.concatenate([r[0] for r in results]).reshape(-1)
+    greedy = np.concatenate([r[1] for r in results]).reshape(-1)
     return [(float(logprob[q].sum(dtype=np.float64)), bool(greedy[q].all()))
             for q in plan.request_queries]
 
   def loglikelihood_rolling(self, documents, desc: str = "rolling") -> list[float]:
     """Summed log-probability of every token after the first of each document (token ids
-    starting with BOS), in disjoint windows of seq_len targets (lm-evaluation-harness's
-    rolling windows: each window sees the tokens before it that fit)."""
-    requests, owner = [], []
-    for i, doc in enumerate(documents):
-      for start in range(1, len(doc), self.seq_len):
-        context = doc[max(0, start - self.seq_len):start]
-        requests.append((context, doc[start:start + self.seq_len]))
-        owner.append(i)
-    totals = np.zeros(len(documents), np.float64)
-    np.add.at(totals, np.asarray(owner, np.int64),
-              [score for score, _ in self.loglikelihood(requests, desc)])
-    return totals.tolist()
+    starting with BOS), in windows of seq_len targets (`packing.windows`)."""
+    scored = [i for i, doc in enumerate(documents) if len(doc) > 1]
+    totals = [0.0] * len(documents)
+    results = self.loglikelihood([(documents[i][:1], documents[i][1:]) for i in scored], desc)
+    for i, (score, _) in zip(scored, results):
+      totals[i] = score
+    return totals

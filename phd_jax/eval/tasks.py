@@ -16,6 +16,8 @@ import os
 
 import numpy as np
 
+from phd_jax.eval.scorer import encode_pair
+
 
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
@@ -127,3 +129,15 @@ def accuracy(examples: list[Example], loglikelihoods: list[list[float]]) -> dict
           "acc": float(np.mean(correct)), "acc_stderr": stderr_of_mean(correct),
           "acc_norm": float(np.mean(correct_norm)),
           "acc_norm_stderr": stderr_of_mean(correct_norm)}
+
+
+def evaluate_task(examples: list[Example], scorer, tokenizer, desc: str = "task") -> dict:
+  """Score every option of every example in one batched pass; `accuracy` of the result."""
+  requests, sizes = [], []
+  for example in examples:
+    pairs = example.requests()
+    requests += [encode_pair(tokenizer, context, continuation) for context, continuation in pairs]
+    sizes.append(len(pairs))
+  scores = [score for score, _ in scorer.loglikelihood(requests, desc)]
+  bounds = np.cumsum([0] + sizes)
+  return accuracy(examples, [scores[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
