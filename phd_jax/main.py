@@ -1,0 +1,84 @@
+"""Train a config: the same command on one CPU, a GPU cluster or a TPU pod.
+
+  python -m phd_jax.main --config=configs/tiny.py[:VARIANT] --workdir=DIR [--config.a.b=v]
+      [--coordinator=host:port --num_processes=N --process_id=i] [--dry_run]
+
+Several processes: on TPU pods and under SLURM / Open MPI `jax.distributed` finds its
+peers itself; elsewhere pass --coordinator, --num_processes and --process_id.
+--dry_run validates the config, builds the mesh and prints the parameter count and the
+per-device memory of parameters + optimizer state, without compiling or training.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+from phd_jax import config as config_lib
+from phd_jax import optim, sharding, train
+
+config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant].",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Logs, checkpoints and config.json go here.")
+flags.DEFINE_string("coordinator", None, "host:port of process 0 (multi-process runs).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
+flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
+flags.DEFINE_bool("dry_run", False, "Print parameter count and memory estimate; no training.")
+flags.mark_flags_as_required(["config"])
+FLAGS = flags.FLAGS
+
+# Environments in which jax.distributed.initialize() discovers the cluster on its own.
+_CLUSTER_ENV = ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", "SLURM_NTASKS",
+                "OMPI_COMM_WORLD_SIZE")
+
+
+def _initialize_distributed() -> None:
+  if FLAGS.coordinator or FLAGS.num_processes:
+    jax.distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+    return
+  sizes = {
+      "TPU_WORKER_HOSTNAMES": len(os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")),
+      "MEGASCALE_COORDINATOR_ADDRESS": 2 if "MEGASCALE_COORDINATOR_ADDRESS" in os.environ else 1,
+      "SLURM_NTASKS": int(os.environ.get("SLURM_NTASKS", "1")),
+      "OMPI_COMM_WORLD_SIZE": int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")),
+  }
+  if any(sizes[name] > 1 for name in _CLUSTER_ENV):
+    jax.distributed.initialize()
+
+
+def _dry_run(config) -> None:
+  config_lib.validate(config)
+  mesh = sharding.make_mesh(config)
+  sharding.check_batch(config, mesh)
+  abstract = train.abstract_state(config, mesh)
+  per_device = sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
+                   for x in jax.tree.leaves(abstract))
+  if jax.process_index():
+    return
+  print(f"variant: {config.phd.variant}")
+  print(f"mesh: {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].device_kind}")
+  print(f"parameters: {optim.param_count(abstract.params)}")
+  print(f"memory per device (params + optimizer state): {per_device / 2**30:.3f} GiB")
+
+
+def main(argv) -> None:
+  del argv
+  _initialize_distributed()
+  config = FLAGS.config
+  if FLAGS.dry_run:
+    _dry_run(config)
+    return
+  if not FLAGS.workdir:
+    raise app.UsageError("--workdir is required to train")
+  train.train(config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  if os.getcwd() not in sys.path:  # config files import `configs.base` from the repo root
+    sys.path.insert(0, os.getcwd())
+  app.run(main)

@@ -1,0 +1,275 @@
+"""Train state, the sharded train step and the training loop.
+
+The state is created already sharded (`jax.eval_shape`, then `jit` with `out_shardings`),
+so no full copy of the parameters ever sits on one host. The step is one `jax.jit` with
+the state's shardings in and out and the old state donated; it scans over microbatches
+(gradient accumulation equal to the whole batch) and applies AdamW.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx, struct
+
+from phd_jax import config as config_lib
+from phd_jax import checkpoint, data, sharding
+from phd_jax.loss import next_token_loss
+from phd_jax.metrics import Progress, Writer
+from phd_jax.model import Transformer
+from phd_jax.optim import make_optimizer, make_schedule
+from phd_jax.preemption import PreemptionGuard
+
+BATCH_KEYS = ("tokens", "segment_ids", "positions")
+
+
+class TrainState(struct.PyTreeNode):
+  step: jax.Array  # int32 scalar: optimizer updates applied so far
+  params: nnx.State  # the model's nnx.Param
+  opt_state: optax.OptState
+
+
+def _new_model(config) -> Transformer:
+  return Transformer(config_lib.model_config(config), config_lib.phd_spec(config),
+                     rngs=nnx.Rngs(params=config.seed))
+
+
+def _init_fn(config, tx):
+  def init():
+    params = nnx.state(_new_model(config), nnx.Param)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  return init
+
+
+def graphdef(config) -> nnx.GraphDef:
+  return nnx.split(nnx.eval_shape(lambda: _new_model(config)))[0]
+
+
+def state_shardings(config, mesh):
+  """NamedShardings of the TrainState (a TrainState of shardings) from the logical rules."""
+  shapes = jax.eval_shape(_init_fn(config, make_optimizer(config)))
+  return sharding.tree_shardings(shapes, mesh)
+
+
+def abstract_state(config, mesh) -> TrainState:
+  """ShapeDtypeStructs carrying their shardings: the target of a checkpoint restore."""
+  shapes = jax.eval_shape(_init_fn(config, make_optimizer(config)))
+  shardings = sharding.tree_shardings(shapes, mesh)
+  abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                          shapes, shardings)
+  sharding.check_not_replicated(abstract.params, mesh)
+  return abstract
+
+
+def init_state(config, mesh) -> tuple[nnx.GraphDef, TrainState]:
+  """A fresh TrainState, each array created directly on its shards."""
+  abstract_state(config, mesh)  # validates the shardings before compiling anything
+  init = jax.jit(_init_fn(config, make_optimizer(config)),
+                 out_shardings=state_shardings(config, mesh))
+  return graphdef(config), init()
+
+
+def model_from_params(config, params) -> Transformer:
+  return nnx.merge(graphdef(config), params)
+
+
+def _loss_sum(gdef, params, batch, z_loss):
+  """Summed next-token loss of a (micro)batch and its number of targets."""
+  model = nnx.merge(gdef, params)
+  logits_BTV = model(batch["tokens"], batch["segment_ids"], batch["positions"])
+  loss, count = next_token_loss(logits_BTV, batch["tokens"], batch["segment_ids"], z_loss)
+  return loss * count, count
+
+
+def loss_and_grads(gdef, params, batch, microbatches, z_loss):
+  """Mean loss and gradient over all targets of the batch, accumulated over microbatches.
+
+  Sums (not means) are accumulated, so the result equals one pass over the whole batch.
+  Microbatch m takes rows m, m + M, m + 2M, ...: each device keeps its own rows and no
+  data moves between devices.
+  """
+  grad_fn = jax.value_and_grad(functools.partial(_loss_sum, gdef), has_aux=True)
+  if microbatches == 1:
+    (total, count), grads = grad_fn(params, batch, z_loss)
+  else:
+    split = jax.tree.map(
+        lambda x: x.reshape(x.shape[0] // microbatches, microbatches, *x.shape[1:])
+        .swapaxes(0, 1), batch)
+
+    def accumulate(carry, microbatch):
+      (total, count), grads = grad_fn(params, microbatch, z_loss)
+      return jax.tree.map(jnp.add, carry, (total, count, grads)), None
+
+    zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
+    (total, count, grads), _ = jax.lax.scan(accumulate, zeros, split)
+  denominator = jnp.maximum(count, 1.0)
+  return total / denominator, count, jax.tree.map(lambda g: g / denominator, grads)
+
+
+def make_train_step(config, mesh, gdef):
+  """`step(state, batch) -> (state, metrics)`, jitted over the mesh, old state donated."""
+  tx, schedule = make_optimizer(config), make_schedule(config)
+
+  def step(state: TrainState, batch):
+    with nnx.logical_axis_rules(sharding.RULES):
+      loss, count, grads = loss_and_grads(gdef, state.params, batch, config.microbatches,
+                                  config.optim.z_loss)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                           opt_state=opt_state)
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
+               "lr": schedule(state.step), "targets": count}
+    return new_state, metrics
+
+  shardings = state_shardings(config, mesh)
+  batch_shardings = {k: sharding.batch_sharding(mesh) for k in BATCH_KEYS}
+  jitted = jax.jit(step, in_shardings=(shardings, batch_shardings),
+                   out_shardings=(shardings, None), donate_argnums=0)
+
+  def run(state, batch):
+    with jax.set_mesh(mesh):  # traced with the mesh set, so activation constraints apply
+      return jitted(state, batch)
+  return run
+
+
+def global_batch(local_batch: dict, mesh, config) -> dict:
+  """This process's rows -> global `[batch_size, seq_len]` arrays sharded over the mesh."""
+  shape = (config.batch_size, config.seq_len)
+  batch_sharding = sharding.batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(local_batch[k]),
+                                                    shape)
+          for k in BATCH_KEYS}
+
+
+def check_finite(step: int, metrics: dict) -> None:
+  """Stop before anything is saved when the loss or gradient is NaN/inf."""
+  if not (np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"])):
+    raise FloatingPointError(
+        f"non-finite loss {metrics['loss']} / grad norm {metrics['grad_norm']} at step {step}; "
+        "training stopped and this state was not saved")
+
+
+def parse_profile_steps(text: str) -> range | None:
+  if not text:
+    return None
+  try:
+    first, last = (int(x) for x in text.split(":"))
+  except ValueError:
+    raise ValueError(f"profile_steps must look like 'START:STOP'; got {text!r}") from None
+  if not 0 <= first < last:
+    raise ValueError(f"profile_steps={text!r} needs 0 <= START < STOP")
+  return range(first, last)
+
+
+def _restore_or_init(config, mesh, ckpt, batches):
+  """Resume from the newest complete checkpoint, else a fresh (or warm-started) state."""
+  step = ckpt.latest_step()
+  if step is not None:
+    state, data_state = ckpt.restore(abstract_state(config, mesh), step)
+    batches.set_state(data_state)
+    return graphdef(config), state
+  gdef, state = init_state(config, mesh)
+  if config.checkpoint.warm_start:
+    params = checkpoint.load_params(config.checkpoint.warm_start,
+                                    abstract_state(config, mesh).params)
+    state = state.replace(params=params)
+  return gdef, state
+
+
+def _evaluate(config, mesh, gdef, params) -> dict:
+  # Imported here: the evaluation CLI builds its models through this module.
+  from phd_jax import evaluate
+  metrics = evaluate.in_loop(nnx.merge(gdef, params), config, mesh)
+  return {name.removeprefix("eval/"): value for name, value in metrics.items()}
+
+
+def train(config, workdir: str) -> dict:
+  """Train `config` in `workdir` (resuming from its checkpoints); returns the last logged
+  metrics."""
+  config_lib.validate(config)
+  checkpoint.validate_options(config)
+  profile = parse_profile_steps(config.profile_steps)
+  mesh = sharding.make_mesh(config)
+  sharding.check_batch(config, mesh)
+  main_process = jax.process_index() == 0
+  if main_process:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config_lib.to_json(config))
+
+  ckpt = checkpoint.Checkpointer(workdir, config)
+  batches = data.make_iterator(config, split="train")
+  gdef, state = _restore_or_init(config, mesh, ckpt, batches)
+  train_step = make_train_step(config, mesh, gdef)
+  start = int(state.step)
+  writer = Writer(workdir, enabled=main_process)
+  progress = Progress(config, config_lib.model_config(config), config_lib.phd_spec(config),
+                      start, enabled=main_process)
+  preemption = PreemptionGuard()
+  logged, interval = {}, []
+
+  def record(step, metrics):
+    """Fetch a step's metrics: stop on NaN/inf; log means over the last log_every steps."""
+    nonlocal logged
+    host = jax.device_get(metrics)
+    check_finite(step, host)
+    interval.append(host)
+    if step == start + 1:
+      progress.restart_clock(step)  # the first step's time is mostly compilation
+    if step % config.log_every == 0 or step == config.num_steps:
+      loss = float(np.mean([m["loss"] for m in interval]))
+      logged = {"loss": loss, "perplexity": float(np.exp(min(loss, 80.0))),
+                "grad_norm": float(np.mean([m["grad_norm"] for m in interval])),
+                "lr": float(host["lr"]), **progress.measure(step)}
+      interval.clear()
+      writer.write(step, logged)
+      progress.print(step, logged)
+
+  pending = None  # a step's metrics, fetched once the next step is dispatched
+  try:
+    for step in range(start, config.num_steps):
+      if profile and step == profile.start:
+        jax.profiler.start_trace(os.path.join(workdir, "profile"))
+      state, metrics = train_step(state, global_batch(next(batches), mesh, config))
+      done = step + 1
+      if pending:
+        record(*pending)
+      pending = (done, metrics)
+      stopping = preemption.reached(done)
+      evaluating = bool(config.eval_every) and (done % config.eval_every == 0
+                                                or done == config.num_steps)
+      saving = stopping or done == config.num_steps or (
+          config.checkpoint.every and done % config.checkpoint.every == 0)
+      if (stopping or evaluating or saving or done == start + 1
+          or done % config.log_every == 0 or (profile and done == profile.stop)):
+        record(*pending)  # checked finite before this state may be saved
+        pending = None
+      if profile and done == profile.stop:
+        jax.profiler.stop_trace()
+      if saving:
+        ckpt.save(done, state, batches.get_state(), force=stopping or done == config.num_steps)
+      if evaluating:
+        eval_metrics = _evaluate(config, mesh, gdef, state.params)
+        writer.write(done, eval_metrics, prefix="eval")
+        logged.update({f"eval_{k}": v for k, v in eval_metrics.items()})
+        if main_process:
+          print(f"step {done}: eval " + " ".join(f"{k} {v:.4f}" for k, v in
+                                                 eval_metrics.items() if v is not None),
+                flush=True)
+      if saving or evaluating:
+        progress.restart_clock(done)
+      if stopping:
+        if main_process:
+          print(f"preempted (SIGTERM): saved step {done} and stopped", flush=True)
+        break
+  finally:
+    preemption.close()
+    batches.close()
+    writer.close()
+    ckpt.close()
+  return {"step": int(state.step), **logged}
