@@ -90,7 +90,11 @@ class Embed(nnx.Module):
     self.table = param(rngs, (vocab_size, d_model), ("vocab", "embed"), std)
 
   def __call__(self, tokens, dtype):
-    return jnp.take(self.table[...], tokens, axis=0).astype(dtype)
+    # Gather the embed dim first (as FSDP does for every weight): looking up rows of an
+    # embed-sharded table would leave the activations' gradient sharded on embed, and
+    # resharding that back to the batch layout can cost a full all-gather.
+    table = constrain(self.table[...], ("vocab", None))
+    return jnp.take(table, tokens, axis=0).astype(dtype)
 
   def unembed(self, x):
     return jnp.einsum("...d,vd->...v", x, self.table[...].astype(x.dtype),
