@@ -1,0 +1,121 @@
+"""Static-shape inference caches.
+
+`Cache.keys/values` hold copy 0 (the original) of every token so far: exactly the cache of
+a vanilla model of the same shape, whatever K. Plain PHD keeps nothing else: hidden copies'
+K/V are used within their own token's forward pass and dropped. PHD-SWA/CSWA add a
+`HiddenWindow`: the most recent hidden K/V (W entries with window_unit="tokens",
+W*(K-1) with "positions"), which is all the window rule can reach.
+
+Rows are left-padded: row b's first token sits in slot `first_slot[b]`, so every row
+writes its next token to the same slot `length` and one `dynamic_update_slice` serves the
+batch. A slot's token position is `slot - first_slot[b]`.
+"""
+
+from __future__ import annotations
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from phd_jax.layers import DTYPES
+from phd_jax.masks import PHDSpec
+from phd_jax.model import ModelConfig
+
+
+@flax.struct.dataclass
+class HiddenWindow:
+  keys: tuple[jax.Array, ...]  # per layer [B, N, G, Dh], oldest entry first
+  values: tuple[jax.Array, ...]
+  positions: jax.Array  # [B, N] int32 token position of each entry, -1 = empty
+  copies: jax.Array  # [B, N] int32 copy index (1..K-1) of each entry
+
+
+@flax.struct.dataclass
+class Cache:
+  keys: tuple[jax.Array, ...]  # per layer [B, S, G, Dh]: copy 0 of every token
+  values: tuple[jax.Array, ...]
+  first_slot: jax.Array  # [B] int32: slot of each row's first token (left padding)
+  length: jax.Array  # [] int32: slots filled, the same for every row
+  window: HiddenWindow | None = None  # SWA/CSWA only
+
+  @property
+  def cache_len(self) -> int:
+    return self.keys[0].shape[1]
+
+
+def window_entries(spec: PHDSpec) -> int:
+  """Hidden K/V entries the SWA/CSWA window can reach from the next token (0: no window)."""
+  if spec.window == 0:
+    return 0
+  return spec.window if spec.window_unit == "tokens" else spec.window * (spec.k - 1)
+
+
+def init_cache(cfg: ModelConfig, spec: PHDSpec, batch: int, cache_len: int,
+               first_slot=None) -> Cache:
+  """An empty cache of `cache_len` slots; `first_slot [B]` marks each row's left padding."""
+  dtype = DTYPES[cfg.dtype]
+  kv_shape = (batch, cache_len, cfg.num_kv_heads, cfg.head_dim)
+  zeros = lambda shape: tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+  window = None
+  entries = window_entries(spec)
+  if entries:
+    window = HiddenWindow(
+        keys=zeros((batch, entries, cfg.num_kv_heads, cfg.head_dim)),
+        values=zeros((batch, entries, cfg.num_kv_heads, cfg.head_dim)),
+        positions=jnp.full((batch, entries), -1, jnp.int32),
+        copies=jnp.zeros((batch, entries), jnp.int32))
+  if first_slot is None:
+    first_slot = jnp.zeros((batch,), jnp.int32)
+  return Cache(keys=zeros(kv_shape), values=zeros(kv_shape),
+               first_slot=jnp.asarray(first_slot, jnp.int32), length=jnp.int32(0),
+               window=window)
+
+
+def write(cache: Cache, start, new_kv, positions_BN, real_BN) -> Cache:
+  """Store the K/V of N tokens computed in slots [start, start+N).
+
+  new_kv: per layer `(k, v)`, each `[B, N, C, G, Dh]` for the first C copies. Copy 0 goes
+  into the originals' cache; hidden copies (if any) enter the window in hidden-stream
+  order (token-major), pushing out the oldest entries; padding enters as empty entries.
+  """
+  keys, values = [], []
+  for (k, v), ck, cv in zip(new_kv, cache.keys, cache.values):
+    keys.append(jax.lax.dynamic_update_slice_in_dim(ck, k[:, :, 0].astype(ck.dtype), start, 1))
+    values.append(jax.lax.dynamic_update_slice_in_dim(cv, v[:, :, 0].astype(cv.dtype), start, 1))
+  B, N, C = new_kv[0][0].shape[:3]
+  window = cache.window
+  if window is not None and C > 1:
+    entries = window.positions.shape[1]
+    slide = lambda old, new: jnp.concatenate([old, new.astype(old.dtype)], axis=1)[:, -entries:]
+    hidden = lambda x: x[:, :, 1:].reshape(B, N * (C - 1), *x.shape[3:])
+    window = HiddenWindow(
+        keys=tuple(slide(old, hidden(k)) for old, (k, _) in zip(window.keys, new_kv)),
+        values=tuple(slide(old, hidden(v)) for old, (_, v) in zip(window.values, new_kv)),
+        positions=slide(window.positions,
+                        jnp.repeat(jnp.where(real_BN, positions_BN, -1), C - 1, axis=1)),
+        copies=slide(window.copies, jnp.tile(jnp.arange(1, C, dtype=jnp.int32), (B, N))))
+  return cache.replace(keys=tuple(keys), values=tuple(values),
+                       length=jnp.asarray(start + N, jnp.int32), window=window)
+
+
+def kv_cache_bytes(config, seq_len: int, batch: int) -> dict:
+  """Bytes of the inference cache of `config`'s model for `batch` rows of `seq_len` slots.
+
+  Keys: "variant", "originals" (the K/V every variant keeps: a vanilla model's whole
+  cache), "hidden_window" (SWA/CSWA's rolling hidden K/V), "bookkeeping" (slot and
+  position indices), "total".
+  """
+  from phd_jax import config as config_lib  # experiment configs -> model settings
+  cfg, spec = config_lib.model_config(config), config_lib.phd_spec(config)
+  for name, value in (("seq_len", seq_len), ("batch", batch)):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+      raise ValueError(f"{name} must be a positive integer; got {value!r}")
+  abstract = jax.eval_shape(lambda: init_cache(cfg, spec, batch, seq_len))
+  nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+  originals = nbytes((abstract.keys, abstract.values))
+  hidden = 0 if abstract.window is None else nbytes((abstract.window.keys,
+                                                     abstract.window.values))
+  total = nbytes(abstract)
+  return {"variant": spec.name, "originals": originals, "hidden_window": hidden,
+          "bookkeeping": total - originals - hidden, "total": total}

@@ -1,0 +1,233 @@
+"""Prefill, decoding steps and generation, run through the model's own blocks.
+
+Every forward here is `Transformer.hidden_states` with an injected attention function, so
+projections, norms, RoPE and MLPs are the training code; only where keys come from
+differs. A forward runs the first C copies (1: originals only, or all K) of N tokens
+placed in cache slots [start, start+N) and stores their K/V (`cache.write`).
+
+Prefill (PAPER.md "Inference"), on left-padded prompts:
+  PHD and Vanilla  originals of all but the last prompt token, then its K copies.
+  PHD-SWA          all K copies of every prompt token: each hidden copy's window reaches
+                   the hidden copies before it, layer after layer.
+  PHD-CSWA         originals up to the last token's chunk, then all K copies of that
+                   (partial) chunk: windows never reach into earlier chunks.
+A decoding step is the K copies of one new token in one forward; copy 0's K/V join the
+cache, copy K-1's logits choose the next token.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from phd_jax import attention as attention_lib
+from phd_jax.decode.attend import cached_attention, cached_mask
+from phd_jax.decode.cache import Cache, init_cache, write
+from phd_jax.decode.sampling import Sampling, sample
+from phd_jax.masks import PHDSpec
+
+
+def hidden_prefill_tokens(spec: PHDSpec, lengths) -> int:
+  """How many trailing slots of the left-padded prompts prefill runs with all K copies."""
+  lengths = [int(n) for n in lengths]
+  if spec.window == 0:
+    return 1
+  if spec.chunk is None:
+    return max(lengths)
+  return max(n - (n - 1) // spec.chunk * spec.chunk for n in lengths)
+
+
+def forward(model, cache: Cache, tokens_BN, start, copies: int):
+  """Last-block states `[B, N, C, D]` of the first `copies` copies, and the updated cache.
+
+  `start` is a Python int in prefill (keys: `cache[:start]`, or the training attention
+  when the cache is still empty) and a traced scalar in decoding (the whole cache, masked).
+  """
+  spec = model.spec
+  B, N = tokens_BN.shape
+  positions_BN = start + jnp.arange(N)[None, :] - cache.first_slot[:, None]
+  real_BN = positions_BN >= 0  # False on left padding
+  positions_BN = jnp.maximum(positions_BN, 0)
+  new_kv = []
+  if isinstance(start, int) and start == 0:  # nothing cached: the training attention
+    sub_spec = spec if copies == spec.k else PHDSpec(k=1)  # originals alone: vanilla
+    segment_ids_BN = real_BN.astype(jnp.int32)  # padding is segment 0, as in training
+
+    def attend(layer, q, k, v):
+      new_kv.append((k, v))
+      return attention_lib.attention(model.cfg.attention_impl, q, k, v, sub_spec,
+                                     segment_ids_BN, positions_BN)
+  else:
+    limit = start if isinstance(start, int) else cache.cache_len
+    mask_BQM = cached_mask(spec, cache, start, limit, positions_BN, real_BN, copies)
+
+    def attend(layer, q, k, v):
+      new_kv.append((k, v))
+      return cached_attention(cache, layer, limit, mask_BQM, q, k, v)
+  x_BNCD = model.hidden_states(tokens_BN, positions_BT=positions_BN, copies=copies,
+                               attend=attend)
+  return x_BNCD, write(cache, start, new_kv, positions_BN, real_BN)
+
+
+def prefill(model, cache: Cache, tokens_BT, hidden_tokens: int):
+  """Final-copy logits `[B, V]` of each prompt's last token, and the filled cache."""
+  split = tokens_BT.shape[1] - hidden_tokens
+  if split:
+    _, cache = forward(model, cache, tokens_BT[:, :split], 0, copies=1)
+  x_BNKD, cache = forward(model, cache, tokens_BT[:, split:], split, copies=model.spec.k)
+  return model.logits(x_BNKD[:, -1:, -1])[:, 0], cache
+
+
+def step(model, cache: Cache, tokens_B):
+  """Feed one token per row: its final-copy logits `[B, V]` and the updated cache."""
+  x_B1KD, cache = forward(model, cache, tokens_B[:, None], cache.length, copies=model.spec.k)
+  return model.logits(x_B1KD[:, :, -1])[:, 0], cache
+
+
+def generate_tokens(model, cache, tokens_BT, hidden_tokens, max_new_tokens, sampling, eos_id,
+                    key):
+  """`[B, max_new_tokens]` tokens and how many were produced (all rows stop at EOS)."""
+  logits_BV, cache = prefill(model, cache, tokens_BT, hidden_tokens)
+  token_B = sample(logits_BV, jax.random.fold_in(key, 0), sampling)
+  out_BN = jnp.zeros((tokens_BT.shape[0], max_new_tokens), jnp.int32).at[:, 0].set(token_B)
+
+  def unfinished(carry):
+    i, _, _, _, done_B = carry
+    return (i < max_new_tokens) & ~done_B.all()
+
+  def next_token(carry):
+    i, token_B, cache, out_BN, done_B = carry
+    logits_BV, cache = step(model, cache, token_B)
+    token_B = sample(logits_BV, jax.random.fold_in(key, i), sampling)
+    return i + 1, token_B, cache, out_BN.at[:, i].set(token_B), done_B | (token_B == eos_id)
+
+  carry = (jnp.int32(1), token_B, cache, out_BN, token_B == eos_id)
+  count, _, _, out_BN, _ = jax.lax.while_loop(unfinished, next_token, carry)
+  return out_BN, count
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+def _prefill_jit(graphdef, state, first_slot_B, cache_len, hidden_tokens, tokens_BT):
+  model = nnx.merge(graphdef, state)
+  cache = init_cache(model.cfg, model.spec, tokens_BT.shape[0], cache_len, first_slot_B)
+  return prefill(model, cache, tokens_BT, hidden_tokens)
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
+def _step_jit(graphdef, state, cache, tokens_B):
+  return step(nnx.merge(graphdef, state), cache, tokens_B)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 4, 6, 7))
+def _generate_jit(graphdef, state, first_slot_B, cache_len, hidden_tokens, tokens_BT,
+                  max_new_tokens, sampling, eos_id, seed):
+  model = nnx.merge(graphdef, state)
+  cache = init_cache(model.cfg, model.spec, tokens_BT.shape[0], cache_len, first_slot_B)
+  return generate_tokens(model, cache, tokens_BT, hidden_tokens, max_new_tokens, sampling,
+                         eos_id, jax.random.key(seed))
+
+
+def _positive_int(name, value):
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    raise ValueError(f"{name} must be a positive integer; got {value!r}")
+
+
+def check_prompts(prompts, vocab_size: int) -> list[list[int]]:
+  """The prompts as lists of ints, or a ValueError saying which prompt is wrong and why."""
+  if isinstance(prompts, (str, bytes)) or not hasattr(prompts, "__len__") or not len(prompts):
+    raise ValueError(f"prompts must be a non-empty list of token-id lists; got {prompts!r}")
+  checked = []
+  for i, prompt in enumerate(prompts):
+    if isinstance(prompt, (int, np.integer)):
+      raise ValueError("prompts must be a list of token-id lists; got a flat list of ints "
+                       "(wrap a single prompt as [prompt])")
+    ids = np.asarray(prompt)
+    if ids.ndim != 1 or ids.size == 0:
+      raise ValueError(f"prompt {i} must be a non-empty 1-D list of token ids; got shape "
+                       f"{ids.shape}")
+    if not np.issubdtype(ids.dtype, np.integer):
+      raise ValueError(f"prompt {i} must hold integer token ids; got dtype {ids.dtype}")
+    if ids.min() < 0 or ids.max() >= vocab_size:
+      raise ValueError(f"prompt {i} has token ids outside [0, vocab_size={vocab_size}): "
+                       f"min {ids.min()}, max {ids.max()}")
+    checked.append(ids.tolist())
+  return checked
+
+
+class Decoder:
+  """Jitted prefill, decoding steps and generation for one model.
+
+  The model's parameters are taken when the Decoder is built; compiled code is shared by
+  every Decoder of the same model structure (variant, shapes).
+  """
+
+  def __init__(self, model):
+    self.graphdef, self.state = nnx.split(model)
+    self.cfg, self.spec = model.cfg, model.spec
+
+  def layout(self, prompts, max_new_tokens: int = 1, cache_len=None):
+    """Checked prompts left-padded `[B, T]` int32 (pad id 0), each row's first slot `[B]`,
+    the cache length, and how many trailing slots prefill runs with all K copies.
+
+    The cache needs T + max_new_tokens - 1 slots (the last new token is never fed back);
+    `cache_len` (default exactly that) must not be smaller.
+    """
+    prompts = check_prompts(prompts, self.cfg.vocab_size)
+    _positive_int("max_new_tokens", max_new_tokens)
+    lengths = np.array([len(p) for p in prompts])
+    needed = int(lengths.max()) + max_new_tokens - 1
+    cache_len = needed if cache_len is None else cache_len
+    _positive_int("cache_len", cache_len)
+    if needed > cache_len:
+      longest = int(lengths.argmax())
+      raise ValueError(f"prompt {longest} has {lengths[longest]} tokens; with max_new_tokens="
+                       f"{max_new_tokens} the cache needs {needed} slots, but cache_len="
+                       f"{cache_len}")
+    tokens_BT = np.zeros((len(prompts), lengths.max()), np.int32)
+    for row, prompt in enumerate(prompts):
+      tokens_BT[row, tokens_BT.shape[1] - len(prompt):] = prompt
+    first_slot_B = (tokens_BT.shape[1] - lengths).astype(np.int32)
+    return tokens_BT, first_slot_B, int(cache_len), hidden_prefill_tokens(self.spec, lengths)
+
+  def prefill(self, prompts, cache_len=None):
+    """Final-copy logits `[B, V]` of each prompt's last token, and the cache after it."""
+    tokens_BT, first_slot_B, cache_len, hidden_tokens = self.layout(prompts, 1, cache_len)
+    return _prefill_jit(self.graphdef, self.state, first_slot_B, cache_len, hidden_tokens,
+                        tokens_BT)
+
+  def step(self, cache: Cache, tokens_B):
+    """Feed one token per row; the cache passed in is consumed (donated)."""
+    return _step_jit(self.graphdef, self.state, cache, jnp.asarray(tokens_B, jnp.int32))
+
+  def generate(self, prompts, max_new_tokens, *, temperature=0.0, top_k=0, top_p=1.0,
+               seed=0, eos_id=None, cache_len=None) -> list[list[int]]:
+    sampling = Sampling(temperature, top_k, top_p)
+    if eos_id is not None and not (isinstance(eos_id, (int, np.integer))
+                                   and 0 <= eos_id < self.cfg.vocab_size):
+      raise ValueError(f"eos_id must be None or a token id in [0, {self.cfg.vocab_size}); "
+                       f"got {eos_id!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+      raise ValueError(f"seed must be an integer; got {seed!r}")
+    tokens_BT, first_slot_B, cache_len, hidden_tokens = self.layout(prompts, max_new_tokens,
+                                                                    cache_len)
+    out_BN, count = _generate_jit(self.graphdef, self.state, first_slot_B, cache_len,
+                                  hidden_tokens, tokens_BT, max_new_tokens, sampling,
+                                  -1 if eos_id is None else int(eos_id), seed)
+    rows = np.asarray(out_BN)[:, :int(count)].tolist()
+    return [row[:row.index(eos_id)] if eos_id in row else row for row in rows]
+
+
+def generate(model, prompts, max_new_tokens, *, temperature=0.0, top_k=0, top_p=1.0, seed=0,
+             eos_id=None, cache_len=None) -> list[list[int]]:
+  """Continuations of `prompts` (lists of token ids), each without the EOS that ended it.
+
+  temperature 0 is greedy; otherwise top_k / top_p sampling from a PRNG seeded by `seed`.
+  Generation stops after `max_new_tokens` or when every row has produced `eos_id`.
+  """
+  return Decoder(model).generate(prompts, max_new_tokens, temperature=temperature,
+                                 top_k=top_k, top_p=top_p, seed=seed, eos_id=eos_id,
+                                 cache_len=cache_len)

@@ -1,0 +1,232 @@
+"""Inference against the training forward: caches, prefill, decoding, sampling, errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import tiny
+from phd_jax import decode
+from phd_jax.decode import engine
+from phd_jax.decode.attend import visible
+from phd_jax.masks import parse_variant, spec_mask
+from phd_jax.model import Attention, ModelConfig, Transformer
+
+CFG = ModelConfig(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                  head_dim=8, mlp_dim=64, rope_theta=10_000.0)
+
+
+def make_model(variant, window_unit="tokens", positions="shared", seed=0):
+  spec = parse_variant(variant, window_unit=window_unit, positions=positions)
+  return Transformer(CFG, spec, rngs=nnx.Rngs(seed))
+
+
+def random_tokens(seed, *lengths):
+  rng = np.random.default_rng(seed)
+  return [rng.integers(1, CFG.vocab_size, n).tolist() for n in lengths]
+
+
+def training_logits(model, sequences):
+  """Final-copy logits `[B, T, V]` of the training forward (rows right-padded, segment 0)."""
+  tokens_BT = np.zeros((len(sequences), max(map(len, sequences))), np.int32)
+  segment_ids_BT = np.zeros_like(tokens_BT)
+  for row, sequence in enumerate(sequences):
+    tokens_BT[row, :len(sequence)], segment_ids_BT[row, :len(sequence)] = sequence, 1
+  return np.asarray(_training_forward(model, tokens_BT, segment_ids_BT))
+
+
+@nnx.jit
+def _training_forward(model, tokens_BT, segment_ids_BT):
+  return model(tokens_BT, segment_ids_BT)
+
+
+# (variant, window_unit, positions). Windows cross token boundaries (W not a multiple of
+# K-1), chunks of 3..5 tokens are crossed while decoding.
+CASES = [
+    ("Vanilla", "tokens", "shared"),
+    ("PHD-2", "tokens", "shared"),
+    ("PHD-3", "tokens", "expanded"),
+    ("PHD-SWA-2-3-inf", "tokens", "shared"),
+    ("PHD-SWA-3-3-inf", "tokens", "expanded"),
+    ("PHD-SWA-4-5-inf", "positions", "shared"),
+    ("PHD-SWA-3-2-inf", "positions", "expanded"),
+    ("PHD-CSWA-2-3-4", "tokens", "expanded"),
+    ("PHD-CSWA-3-5-4", "tokens", "shared"),
+    ("PHD-CSWA-4-7-4", "tokens", "shared"),
+    ("PHD-CSWA-4-3-3", "positions", "shared"),
+    ("PHD-CSWA-3-2-5", "positions", "expanded"),
+]
+
+
+@pytest.mark.parametrize("variant,window_unit,positions", CASES)
+def test_prefill_and_steps_equal_training_forward(variant, window_unit, positions):
+  model = make_model(variant, window_unit, positions)
+  prompt_lengths, steps = (7, 1, 5), 8
+  sequences = random_tokens(1, *(n + steps for n in prompt_lengths))
+  decoder = decode.Decoder(model)
+  logits_BV, cache = decoder.prefill([s[:n] for s, n in zip(sequences, prompt_lengths)],
+                                     cache_len=16)
+  got = [logits_BV]
+  for i in range(steps):
+    logits_BV, cache = decoder.step(cache, [s[n + i] for s, n in zip(sequences, prompt_lengths)])
+    got.append(logits_BV)
+  got_BSV = np.stack(got, axis=1)
+  want_BTV = training_logits(model, sequences)
+  for row, n in enumerate(prompt_lengths):
+    np.testing.assert_allclose(got_BSV[row], want_BTV[row, n - 1:n + steps], atol=1e-5,
+                               rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant,window_unit", [
+    ("Vanilla", "tokens"), ("PHD-4", "tokens"), ("PHD-SWA-3-4-inf", "tokens"),
+    ("PHD-SWA-3-3-inf", "positions"), ("PHD-CSWA-4-5-3", "tokens"),
+    ("PHD-CSWA-3-2-4", "positions"), ("PHD-CSWA-2-1-1", "tokens")])
+def test_pairwise_rule_equals_training_mask(variant, window_unit):
+  spec = parse_variant(variant, window_unit=window_unit)
+  tokens, k = 11, spec.k
+  pos, copy = np.arange(tokens * k) // k, np.arange(tokens * k) % k
+  got = visible(spec, pos[:, None], copy[:, None], pos[None, :], copy[None, :])
+  np.testing.assert_array_equal(got, spec_mask(spec, tokens))
+
+
+def hidden_copy_positions(monkeypatch, model, prompt):
+  """Token positions whose hidden copies the prefill runs, for every layer."""
+  seen = []
+  qkv = Attention.qkv
+
+  def spy(self, x_BTKD, rope_positions_BTK):
+    if x_BTKD.shape[2] > 1:  # this forward runs hidden copies
+      seen.append(rope_positions_BTK[0, :, 1])
+    return qkv(self, x_BTKD, rope_positions_BTK)
+
+  monkeypatch.setattr(Attention, "qkv", spy)
+  decoder = decode.Decoder(model)
+  tokens_BT, first_slot_B, cache_len, hidden_tokens = decoder.layout([prompt])
+
+  @jax.jit  # a fresh function, so the spy is traced
+  def prefill(state):
+    model = nnx.merge(decoder.graphdef, state)
+    cache = decode.init_cache(model.cfg, model.spec, 1, cache_len, first_slot_B)
+    engine.prefill(model, cache, tokens_BT, hidden_tokens)
+    return list(seen)
+
+  return [np.asarray(p).tolist() for p in prefill(decoder.state)]
+
+
+@pytest.mark.parametrize("variant,length,expected", [
+    ("PHD-CSWA-3-2-4", 11, [8, 9, 10]),  # last chunk 8..11, partial
+    ("PHD-CSWA-3-2-4", 8, [4, 5, 6, 7]),  # last chunk full
+    ("PHD-CSWA-3-2-4", 9, [8]),  # last token opens a new chunk
+    ("PHD-SWA-3-2-inf", 6, [0, 1, 2, 3, 4, 5]),  # the window chains all of them
+    ("PHD-3", 6, [5]),  # only the last token's copies
+])
+def test_prefill_computes_hidden_copies_only_where_needed(monkeypatch, variant, length,
+                                                          expected):
+  model = make_model(variant)  # shared positions: the rope position is the token position
+  prompt = random_tokens(2, length)[0]
+  assert hidden_copy_positions(monkeypatch, model, prompt) == [expected] * CFG.num_layers
+
+
+@pytest.mark.parametrize("k", [2, 3, 8])
+def test_phd_cache_has_exactly_the_vanilla_shapes(k):
+  prompts = random_tokens(3, 5, 3)
+  _, vanilla = decode.Decoder(make_model("Vanilla")).prefill(prompts, cache_len=12)
+  _, phd = decode.Decoder(make_model(f"PHD-{k}")).prefill(prompts, cache_len=12)
+  shapes = lambda cache: jax.tree.map(lambda x: (x.shape, x.dtype), cache)
+  assert phd.window is None and shapes(phd) == shapes(vanilla)
+
+
+@pytest.mark.parametrize("variant,window_unit,hidden_entries", [
+    ("Vanilla", "tokens", 0), ("PHD-5", "tokens", 0), ("PHD-SWA-3-16-inf", "tokens", 16),
+    ("PHD-SWA-3-16-inf", "positions", 32), ("PHD-CSWA-5-4-32", "positions", 16)])
+def test_kv_cache_bytes(variant, window_unit, hidden_entries):
+  config = tiny.get_config(variant)
+  config.phd.window_unit = window_unit
+  m = config.model
+  per_entry = 2 * m.num_layers * m.num_kv_heads * m.head_dim * 4  # K and V, float32
+  got = decode.kv_cache_bytes(config, seq_len=100, batch=3)
+  assert got["originals"] == 3 * 100 * per_entry
+  assert got["hidden_window"] == 3 * hidden_entries * per_entry
+  assert got["total"] == got["originals"] + got["hidden_window"] + got["bookkeeping"]
+  assert got["bookkeeping"] < 1000  # row offsets and window positions only
+
+
+def brute_force_greedy(model, prompt, steps):
+  """Argmax continuation, one training forward per new token (no cache)."""
+  tokens = list(prompt)
+  for _ in range(steps):  # right padding to a fixed length: causal, so it changes nothing
+    padded = tokens + [0] * (len(prompt) + steps - len(tokens))
+    tokens.append(int(np.argmax(training_logits(model, [padded])[0, len(tokens) - 1])))
+  return tokens[len(prompt):]
+
+
+def test_greedy_generation_is_the_argmax_of_the_training_forward_and_repeatable():
+  model = make_model("PHD-CSWA-3-3-4", window_unit="positions")
+  prompts = random_tokens(4, 6, 2)
+  got = decode.generate(model, prompts, 7)
+  assert got == [brute_force_greedy(model, p, 7) for p in prompts]
+  assert decode.generate(model, prompts, 7) == got
+
+
+def test_generation_stops_at_eos_for_each_row():
+  model = make_model("PHD-SWA-2-2-inf")
+  prompts = random_tokens(5, 4, 6)
+  free = decode.generate(model, prompts, 8)
+  eos = free[0][2]
+  got = decode.generate(model, prompts, 8, eos_id=eos)
+  expected = [row[:row.index(eos)] if eos in row else row for row in free]
+  assert got == expected
+  if all(eos in row for row in free):  # every row stopped: no tokens after the last EOS
+    assert max(len(row) for row in got) < 8
+
+
+def test_sampling_is_seeded_and_its_limits_reduce_to_greedy():
+  model = make_model("PHD-3")
+  prompts = random_tokens(6, 5, 3)
+  greedy = decode.generate(model, prompts, 6)
+  hot = dict(temperature=5.0, seed=7)
+  assert decode.generate(model, prompts, 6, **hot) == decode.generate(model, prompts, 6, **hot)
+  assert decode.generate(model, prompts, 6, **hot) != decode.generate(model, prompts, 6,
+                                                                      temperature=5.0, seed=8)
+  assert decode.generate(model, prompts, 6, temperature=5.0, top_k=1) == greedy
+
+
+@pytest.mark.parametrize("sampling,expected", [
+    (dict(temperature=1.0), [1, 1, 1, 1, 1]),
+    (dict(temperature=2.0, top_k=2), [1, 1, 0, 0, 0]),
+    (dict(temperature=1.0, top_p=0.7), [1, 1, 0, 0, 0]),  # 0.64 alone is not enough
+    (dict(temperature=1.0, top_k=3, top_p=0.95), [1, 1, 1, 0, 0]),
+])
+def test_sample_draws_from_the_restricted_softmax(sampling, expected):
+  logits_V = np.array([3.0, 2.0, 1.0, 0.0, -1.0])
+  keep = np.array(expected, bool)
+  probs = np.where(keep, np.exp(logits_V / sampling["temperature"]), 0.0)
+  probs /= probs.sum()
+  draws = 20_000
+  tokens = decode.sample(jnp.tile(logits_V, (draws, 1)), jax.random.key(0),
+                         decode.Sampling(**sampling))
+  freq = np.bincount(np.asarray(tokens), minlength=5) / draws
+  assert set(np.flatnonzero(freq)) == set(np.flatnonzero(keep))
+  np.testing.assert_allclose(freq, probs, atol=0.015)
+
+
+@pytest.mark.parametrize("prompts,kwargs,message", [
+    ([], {}, "non-empty list"),
+    ([[1, 2], []], {}, "prompt 1 must be a non-empty"),
+    ([1, 2, 3], {}, "flat list"),
+    ([[1, 2, 64]], {}, "outside"),
+    ([[1.5, 2.0]], {}, "integer token ids"),
+    ([[1] * 10], dict(cache_len=8), "cache_len=8"),
+    ([[1] * 6], dict(cache_len=8, max_new_tokens=4), "needs 9 slots"),
+    ([[1]], dict(max_new_tokens=0), "max_new_tokens"),
+    ([[1]], dict(temperature=-1.0), "temperature"),
+    ([[1]], dict(top_p=0.0), "top_p"),
+    ([[1]], dict(top_k=-2), "top_k"),
+    ([[1]], dict(eos_id=64), "eos_id"),
+])
+def test_bad_requests_get_a_clear_error(prompts, kwargs, message):
+  model = make_model("PHD-2")
+  kwargs = {"max_new_tokens": 2, **kwargs}
+  with pytest.raises(ValueError, match=message):
+    decode.generate(model, prompts, **kwargs)
