@@ -7,7 +7,8 @@ import pytest
 from flax import nnx
 
 from configs import tiny
-from phd_jax import decode
+from phd_jax import checkpoint, data, decode, generate
+from phd_jax import config as config_lib
 from phd_jax.decode import engine
 from phd_jax.decode.attend import visible
 from phd_jax.masks import parse_variant, spec_mask
@@ -230,3 +231,20 @@ def test_bad_requests_get_a_clear_error(prompts, kwargs, message):
   kwargs = {"max_new_tokens": 2, **kwargs}
   with pytest.raises(ValueError, match=message):
     decode.generate(model, prompts, **kwargs)
+
+
+def test_generate_command_continues_prompts_from_an_exported_checkpoint(tmp_path):
+  config = tiny.get_config("PHD-CSWA-2-2-4")
+  config.model.update(d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
+                      mlp_dim=64)
+  model = Transformer(config_lib.model_config(config), config_lib.phd_spec(config),
+                      rngs=nnx.Rngs(3))
+  path = checkpoint.export_params(tmp_path / "export", nnx.state(model, nnx.Param), config)
+  prompts = ["def f(", "x"]
+  tokenizer = data.make_tokenizer(config)
+  ids = [[tokenizer.bos_id] + tokenizer.encode(p) for p in prompts]
+  expected = [tokenizer.decode(row)
+              for row in decode.generate(model, ids, 6, eos_id=tokenizer.eos_id)]
+  assert generate.continue_texts(str(path), prompts, 6) == expected
+  with pytest.raises(ValueError, match="non-empty strings"):
+    generate.continue_texts(str(path), ["ok", ""], 6)

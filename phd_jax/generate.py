@@ -1,0 +1,77 @@
+"""Continue prompts with a trained checkpoint.
+
+  python -m phd_jax.generate --workdir=DIR --prompt="def main(" [--prompt="import "]
+      [--max_new_tokens=64] [--temperature=0.8 --top_p=0.95 --top_k=0 --seed=0]
+  python -m phd_jax.generate --checkpoint=DIR/checkpoints/600 --prompt=...
+
+Variant, model shape and tokenizer come from the config saved with the checkpoint (a
+workdir means its newest complete step; an export works too). Prompts are framed as the
+training documents are, `[BOS] + text`, and each continuation ends at EOS or after
+--max_new_tokens. Several --prompt flags run as one batch. Parameters load onto one device.
+"""
+
+from __future__ import annotations
+
+import jax
+from absl import app, flags
+from flax import nnx
+
+from phd_jax import checkpoint, data, decode
+from phd_jax import config as config_lib
+from phd_jax.model import Transformer
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """Flags of the command (defined only when it runs: `phd_jax.main` shares some names)."""
+  flags.DEFINE_string("workdir", None, "Training workdir: its newest complete checkpoint.")
+  flags.DEFINE_string("checkpoint", None, "A checkpoint step folder or a params export.")
+  flags.DEFINE_multi_string("prompt", None, "Text to continue (repeat for a batch).")
+  flags.DEFINE_integer("max_new_tokens", 64, "Tokens to generate per prompt at most.")
+  flags.DEFINE_float("temperature", 0.0, "0 = greedy.")
+  flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens (0 = all).")
+  flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1 = off).")
+  flags.DEFINE_integer("seed", 0, "PRNG seed of the sampler.")
+
+
+def load_model(path):
+  """The model saved at `path` (workdir, checkpoints dir, step folder or export) and its
+  config."""
+  config = checkpoint.load_config(path)
+  cfg, spec = config_lib.model_config(config), config_lib.phd_spec(config)
+  graphdef, shapes = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, spec,
+                                                                  rngs=nnx.Rngs(0))))
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                          shapes)
+  return nnx.merge(graphdef, checkpoint.load_params(path, abstract)), config
+
+
+def continue_texts(path, prompts: list[str], max_new_tokens: int, **sampling) -> list[str]:
+  """The continuation of each text prompt by the checkpoint at `path`."""
+  if not prompts or any(not isinstance(p, str) or not p for p in prompts):
+    raise ValueError(f"prompts must be non-empty strings; got {prompts!r}")
+  model, config = load_model(path)
+  tokenizer = data.make_tokenizer(config)
+  ids = [[tokenizer.bos_id] + tokenizer.encode(p) for p in prompts]
+  out = decode.generate(model, ids, max_new_tokens, eos_id=tokenizer.eos_id, **sampling)
+  return [tokenizer.decode(row) for row in out]
+
+
+def main(argv) -> None:
+  del argv
+  if (FLAGS.workdir is None) == (FLAGS.checkpoint is None):
+    raise app.UsageError("pass exactly one of --workdir and --checkpoint")
+  if not FLAGS.prompt:
+    raise app.UsageError("pass at least one --prompt")
+  texts = continue_texts(FLAGS.workdir or FLAGS.checkpoint, FLAGS.prompt, FLAGS.max_new_tokens,
+                         temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p,
+                         seed=FLAGS.seed)
+  for prompt, text in zip(FLAGS.prompt, texts):
+    print(prompt + text)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
