@@ -4,6 +4,7 @@
 import json
 import os
 
+from configs import tiny
 from phd_jax.eval.tasks import TASKS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,3 +32,16 @@ def eval_data_dir(tmp_path) -> str:
       records.append(record)
     write_task(str(tmp_path / "eval_data"), name, records)
   return str(tmp_path / "eval_data")
+
+
+def small_config(variant="PHD-CSWA-2-2-4"):
+  """The tiny config shrunk further: byte tokens, synthetic validation data, a (2, 2, 2)
+  training mesh."""
+  c = tiny.get_config(variant)
+  c.model.update(d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
+                 mlp_dim=64)
+  c.update(seq_len=64, batch_size=8, eval_batches=2)
+  c.data.source = "synthetic"
+  c.mesh.update(data=2, fsdp=2, tensor=2)
+  c.checkpoint.async_save = False
+  return c

@@ -5,26 +5,13 @@ import os
 import subprocess
 import sys
 
-import jax
 import pytest
 
-from configs import tiny
-from eval_helpers import ROOT, eval_data_dir
+from eval_helpers import ROOT, eval_data_dir, small_config
 from phd_jax import checkpoint, evaluate, train
 from phd_jax.eval import report
 
 TASKS = ["loss", "arc_easy", "winogrande"]
-
-
-def small_config():
-  c = tiny.get_config("PHD-CSWA-2-2-4")
-  c.model.update(d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
-                 mlp_dim=64)
-  c.update(seq_len=64, batch_size=8, eval_batches=2)
-  c.data.source = "synthetic"
-  c.mesh.update(data=2, fsdp=2, tensor=2)
-  c.checkpoint.async_save = False
-  return c
 
 
 @pytest.fixture(scope="module")
