@@ -8,8 +8,8 @@ then train with `--config.data.source=tfds --config.data.name=my_corpus
 --config.data.data_dir=/data/tfds`. Every `.jsonl` line and parquet row is a document (its
 `--text_field`); any other file is one document. Invalid UTF-8 is replaced (U+FFFD), and
 empty documents are kept (the pipeline skips and counts them). Without `--validation`,
-`--validation_percent` of the documents, chosen by a hash of their key (file path, and line or
-row), form the validation split. Writing needs no TensorFlow: tfds serialises the examples
+`--validation_percent` of the documents, chosen by a hash of their key (file path relative to
+the glob's directory, and line or row), form the validation split. Writing needs no TensorFlow: tfds serialises the examples
 itself and writes them with array_record.
 """
 
@@ -128,14 +128,18 @@ def prepare(builder, *, overwrite: bool = False, progress: bool = True):
 
 
 def expand(patterns) -> list:
-  """Sorted files of comma-separated globs, each with its path as key."""
+  """Sorted `(path, key)` of comma-separated globs; the key is the path relative to the
+  glob's fixed directory, so the hold-out split does not change when the corpus moves."""
   files = []
   for pattern in patterns:
     for part in filter(None, pattern.split(",")):
-      matched = sorted(glob.glob(os.path.expanduser(part), recursive=True))
+      part = os.path.expanduser(part)
+      matched = sorted(p for p in glob.glob(part, recursive=True) if os.path.isfile(p))
       if not matched:
         raise ValueError(f"no files match {part!r}")
-      files.extend((p, p) for p in matched if os.path.isfile(p))
+      fixed = part[:min([part.find(ch) for ch in "*?[" if ch in part] + [len(part)])]
+      base = fixed if fixed.endswith(os.sep) else os.path.dirname(fixed)
+      files.extend((p, os.path.relpath(p, base or ".")) for p in matched)
   return files
 
 
