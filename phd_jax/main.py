@@ -62,7 +62,9 @@ def _dry_run(config) -> None:
     return
   print(f"variant: {config.phd.variant}")
   print(f"mesh: {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].device_kind}")
-  print(f"parameters: {optim.param_count(abstract.params)}")
+  total, norms = optim.param_counts(abstract.params)
+  print(f"parameters: {total}")
+  print(f"parameters without norm scales: {total - norms} (norm scales: {norms})")
   print(f"memory per device (params + optimizer state): {per_device / 2**30:.3f} GiB")
 
 

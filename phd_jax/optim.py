@@ -11,6 +11,8 @@ Weight decay skips norm scales and the token embedding, as OLMo2 does.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -47,11 +49,19 @@ def make_schedule(config):
   return schedule
 
 
+def _names(path) -> list[str]:
+  return [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+
+
+def is_norm_scale(path) -> bool:
+  """An RMSNorm scale (block norms, final norm and the QK-norms)."""
+  return "scale" in _names(path)
+
+
 def is_decayed(path) -> bool:
-  """Weight decay applies to the projection matrices only: not to RMSNorm scales (the
-  QK-norms included) nor the embedding table."""
-  names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
-  return names[0] != "embed" and "scale" not in names
+  """Weight decay applies to the projection matrices only: not to norm scales nor the
+  embedding table."""
+  return _names(path)[0] != "embed" and not is_norm_scale(path)
 
 
 def decay_mask(params):
@@ -67,6 +77,9 @@ def make_optimizer(config) -> optax.GradientTransformation:
   return adamw
 
 
-def param_count(params) -> int:
-  return sum(int(x.size) for x in jax.tree.leaves(params))
+def param_counts(params) -> tuple[int, int]:
+  """(all parameters, those in norm scales)."""
+  leaves = jax.tree_util.tree_leaves_with_path(params)
+  return (sum(math.prod(x.shape) for _, x in leaves),
+          sum(math.prod(x.shape) for path, x in leaves if is_norm_scale(path)))
 

@@ -80,8 +80,8 @@ def make_mesh(config, devices=None) -> Mesh:
   axis_types = (AxisType.Auto,) * len(AXES)
   if math.prod(dcn) == 1:
     return jax.make_mesh(ici, AXES, axis_types=axis_types, devices=devices)
-  # TPU slices carry `slice_index`; GPU/CPU hosts are grouped by process instead.
-  by_process = getattr(devices[0], "slice_index", None) is None
+  # The slow network joins TPU slices; on GPU/CPU (a single "slice") it joins processes.
+  by_process = len({getattr(d, "slice_index", 0) for d in devices}) == 1
   device_grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices,
                                                      process_is_granule=by_process)
   return Mesh(device_grid, AXES, axis_types=axis_types)

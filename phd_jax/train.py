@@ -219,8 +219,6 @@ def train(config, workdir: str) -> dict:
     host = jax.device_get(metrics)
     check_finite(step, host)
     interval.append(host)
-    if step == start + 1:
-      progress.restart_clock(step)  # the first step's time is mostly compilation
     if step % config.log_every == 0 or step == config.num_steps:
       loss = float(np.mean([m["loss"] for m in interval]))
       logged = {"loss": loss, "perplexity": float(np.exp(min(loss, 80.0))),
@@ -229,6 +227,8 @@ def train(config, workdir: str) -> dict:
       interval.clear()
       writer.write(step, logged)
       progress.print(step, logged)
+    if step == start + 1:
+      progress.restart_clock(step)  # the first step's time is mostly compilation
 
   pending = None  # a step's metrics, fetched once the next step is dispatched
   try:
