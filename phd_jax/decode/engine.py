@@ -6,7 +6,8 @@ differs. A forward runs the first C copies (1: originals only, or all K) of N to
 placed in cache slots [start, start+N) and stores their K/V (`cache.write`).
 
 Prefill (PAPER.md "Inference"), on left-padded prompts:
-  PHD and Vanilla  originals of all but the last prompt token, then its K copies.
+  Vanilla          one forward over the prompt.
+  PHD              originals of all but the last prompt token, then its K copies.
   PHD-SWA          all K copies of every prompt token: each hidden copy's window reaches
                    the hidden copies before it, layer after layer.
   PHD-CSWA         originals up to the last token's chunk, then all K copies of that
@@ -34,10 +35,10 @@ from phd_jax.masks import PHDSpec
 def hidden_prefill_tokens(spec: PHDSpec, lengths) -> int:
   """How many trailing slots of the left-padded prompts prefill runs with all K copies."""
   lengths = [int(n) for n in lengths]
+  if spec.k == 1 or (spec.window and spec.chunk is None):  # Vanilla: one forward; SWA: all
+    return max(lengths)
   if spec.window == 0:
     return 1
-  if spec.chunk is None:
-    return max(lengths)
   return max(n - (n - 1) // spec.chunk * spec.chunk for n in lengths)
 
 
