@@ -22,6 +22,7 @@ import argparse
 import os
 
 import jax
+from flax import nnx
 
 from phd_jax import checkpoint, data, sharding, train
 from phd_jax.eval import heldout, report
@@ -92,12 +93,18 @@ def evaluate(model, config, mesh, tasks, *, data_dir: str = DEFAULT_DATA_DIR,
   return results
 
 
-def in_loop(model, config, mesh=None, *, tasks=("loss",), limit: int | None = None,
+def in_loop(model_or_params, config, mesh=None, *, tasks=("loss",), limit: int | None = None,
             data_dir: str = DEFAULT_DATA_DIR, loss_batches: int | None = None) -> dict:
   """Metrics to log during training: `eval/loss`, `eval/perplexity`, `eval/bits_per_byte`
   (when "loss" is in `tasks`), `eval/<task>` (the paper's metric of each task, on its first
-  `limit` examples) and `eval/average`. Compiles once per model shape: later calls with
-  the same shapes reuse the compiled forward."""
+  `limit` examples) and `eval/average`.
+
+  model_or_params: the model, or the train state's params. mesh: the one the params live
+  on (None: one device). Compiles once: later calls with the same shapes reuse the forward.
+  """
+  model = model_or_params
+  if not isinstance(model, nnx.Module):
+    model = train.model_from_params(config, model)
   results = evaluate(model, config, mesh, tasks, data_dir=data_dir, limit=limit,
                      loss_batches=loss_batches)
   metrics = {}

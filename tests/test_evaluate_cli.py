@@ -1,15 +1,21 @@
 """`python -m phd_jax.evaluate` on a checkpoint saved from 8 devices, evaluated on 1."""
 
 import json
+import math
 import os
 import subprocess
 import sys
 
+import jax.numpy as jnp
+import numpy as np
 import pytest
+from flax import nnx
 
 from eval_helpers import ROOT, eval_data_dir, small_config
-from phd_jax import checkpoint, evaluate, train
-from phd_jax.eval import report
+from phd_jax import checkpoint, data, evaluate, train
+from phd_jax.data.tokenizers import ByteTokenizer
+from phd_jax.eval import heldout, report
+from phd_jax.loss import next_token_loss, target_mask
 
 TASKS = ["loss", "arc_easy", "winogrande"]
 
@@ -27,11 +33,38 @@ def saved_run(tmp_path_factory):
   model = train.model_from_params(config, state.params)
   results = evaluate.evaluate(model, config, mesh, TASKS, data_dir=data_dir, limit=6,
                               batch_size=4)
-  return workdir, data_dir, results
+  return workdir, data_dir, results, model
+
+
+def test_heldout_loss_is_the_training_loss_of_the_validation_batches(saved_run):
+  _, _, results, model = saved_run
+  config = small_config()
+  iterator = data.make_iterator(config, split="validation")
+  total = count = 0.0
+  for _ in range(config.eval_batches):
+    batch = {k: jnp.asarray(v) for k, v in next(iterator).items()}
+    loss, targets = next_token_loss(model(batch["tokens"], batch["segment_ids"],
+                                          batch["positions"]), batch["tokens"],
+                                    batch["segment_ids"])
+    total, count = total + float(loss) * float(targets), count + float(targets)
+  iterator.close()
+  assert results["loss"]["targets"] == count
+  assert results["loss"]["loss"] == pytest.approx(total / count, rel=1e-5)
+  assert results["loss"]["perplexity"] == pytest.approx(math.exp(total / count), rel=1e-5)
+
+
+def test_bytes_of_targets_are_counted_per_document():
+  tok = ByteTokenizer()
+  docs = [[tok.bos_id, *tok.encode("hé"), tok.eos_id], [tok.bos_id, *tok.encode("yo")]]
+  tokens = np.array([docs[0] + docs[1] + [0, 0]])
+  segment_ids = np.array([[1] * len(docs[0]) + [2] * len(docs[1]) + [0, 0]])
+  has_target = np.asarray(target_mask(segment_ids))
+  # "hé" is 3 bytes (EOS none), "yo" 2; the BOSes are never targets.
+  assert heldout._target_bytes(tok, tokens, segment_ids, has_target) == 5
 
 
 def test_checkpoint_from_8_devices_evaluates_on_1_device_alike(saved_run):
-  workdir, data_dir, expected = saved_run
+  workdir, data_dir, expected, _ = saved_run
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
              JAX_PLATFORMS="cpu")
   out = subprocess.run(
@@ -53,9 +86,10 @@ def test_checkpoint_from_8_devices_evaluates_on_1_device_alike(saved_run):
 
 
 def test_in_loop_metrics_match_the_full_evaluation(saved_run):
-  workdir, data_dir, expected = saved_run
+  workdir, data_dir, expected, _ = saved_run
   model, config, mesh, _ = evaluate.load_model(workdir, (2, 2, 2))
-  metrics = evaluate.in_loop(model, config, mesh, tasks=TASKS, limit=6, data_dir=data_dir)
+  params = nnx.state(model, nnx.Param)  # what a training loop holds
+  metrics = evaluate.in_loop(params, config, mesh, tasks=TASKS, limit=6, data_dir=data_dir)
   assert metrics["eval/loss"] == pytest.approx(expected["loss"]["loss"], rel=1e-5)
   assert metrics["eval/arc_easy"] == expected["arc_easy"]["acc"]  # the paper's metric
   assert metrics["eval/winogrande"] == expected["winogrande"]["acc"]
