@@ -15,7 +15,7 @@ from flax import nnx, struct
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from configs import tiny
-from phd_jax import checkpoint
+from phd_jax import checkpoint, sharding, train
 from phd_jax import config as config_lib
 from phd_jax.model import Transformer
 
@@ -269,3 +269,27 @@ def test_bad_options_and_data_state_are_clear_errors(tmp_path):
       ckpt.save(2, _state(config, _mesh((1, 1, 1))), {"rng": object()})
   with pytest.raises(ValueError, match="does not exist"):
     checkpoint.load_params(tmp_path / "missing", {})
+
+
+def test_warm_start_continues_a_vanilla_run_as_phd(tmp_path):
+  """Params only, through the config: a Vanilla run's params start a PHD-CSWA-3-16-32 run."""
+  def run_config(variant, **fields):
+    c = _config()
+    c.phd.variant = variant
+    c.update(seq_len=16, batch_size=8, log_every=1, eval_every=0, **fields)
+    c.data.update(source="synthetic", prefetch=0)
+    c.optim.warmup_steps = 0
+    return c
+  train.train(run_config("Vanilla", num_steps=2), str(tmp_path / "vanilla"))
+  phd = run_config("PHD-CSWA-3-16-32", num_steps=1)
+  phd.optim.lr = 1e-30  # its one step leaves the float32 params bitwise where they started
+  phd.checkpoint.warm_start = str(tmp_path / "vanilla")
+  train.train(phd, str(tmp_path / "phd"))
+
+  abstract = train.abstract_state(phd, sharding.make_mesh(phd))
+  source = checkpoint.load_params(tmp_path / "vanilla", abstract.params)
+  with checkpoint.Checkpointer(tmp_path / "phd", phd) as ckpt:
+    state, _ = ckpt.restore(abstract)
+  # The Vanilla run trained 2 steps at lr 3e-3: its params are not the fresh init's.
+  _assert_same(state.params, _host(source))
+  assert int(state.step) == 1  # a new run, not a resume of the Vanilla one (step 2)
