@@ -11,8 +11,10 @@ Orbax writes into `<step>.orbax-checkpoint-tmp` and renames it to `<step>` after
 `commit_success.txt` (on GCS the marker alone commits). A folder counts as a checkpoint
 only with that marker and every file at its recorded size, so saves killed midway and
 truncated copies are skipped with a warning, never deleted; restoring one explicitly
-raises a ValueError naming it. An export (`export_params`) is the same layout with only
-params, config and meta.
+raises a ValueError naming it. Sizes, not contents: reading a whole checkpoint back to
+hash it would cost as much as the save, so flipped bits inside array data go unnoticed
+(TensorStore checksums only its b-tree nodes; GCS checksums objects end to end).
+An export (`export_params`) is the same layout with only params, config and meta.
 """
 
 from __future__ import annotations
