@@ -1,0 +1,82 @@
+"""GPU: cuDNN flash attention for the originals, merged exactly with the hidden band.
+
+cuDNN runs causal attention of all K*T queries (copies folded into the query heads) against
+the T originals, skipping the tiles above the diagonal; packed documents enter as an
+additive bias. The hidden band runs in plain JAX and the two merge by log-sum-exp
+(split.py). `jax.nn.dot_product_attention(implementation="cudnn")` rounds the log-sum-exp
+to the input dtype and its VJP ignores the log-sum-exp's cotangent, so this module calls
+the forward and backward rules beneath it: the forward for the float32 log-sum-exp, the
+backward with the merged output and log-sum-exp.
+
+cuDNN takes bfloat16/float16 inputs with head_dim a multiple of 8 up to 128 (and an even
+length when a bias is used); anything else runs `structured`, which is exact everywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+from phd_jax.attention.split import split_attention
+from phd_jax.attention.structured import structured_attention
+from phd_jax.masks import PHDSpec
+
+CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
+
+
+def _cudnn():
+  from jax._src.cudnn import fused_attention_stablehlo  # pylint: disable=g-import-not-at-top
+  return fused_attention_stablehlo
+
+
+@dataclasses.dataclass(frozen=True)
+class CudnnCausal:
+  """The split.py kernel contract on cuDNN (layout BTNH)."""
+
+  def _args(self, q, segment_ids_BT):
+    fa = _cudnn()
+    unused = jnp.zeros(0, q.dtype)
+    bias = unused
+    if segment_ids_BT is not None:  # -> [B, 1, T, T]: 0 within a document, very negative across
+      same = segment_ids_BT[:, None, :, None] == segment_ids_BT[:, None, None, :]
+      bias = fa.combine_bias_and_mask(None, same, q.dtype)
+    inputs = (bias, unused, unused, unused, unused, unused, unused)
+    static = dict(scale=q.shape[-1] ** -0.5, seed=0, dropout_rate=0.0,
+                  variadic_args=(segment_ids_BT is not None, False),  # bias, but no dbias
+                  mask_type=fa.MaskType.CAUSAL, layout=fa.AttentionLayout.BTNH.value,
+                  sliding_window_length=None)
+    return inputs, static
+
+  def forward(self, q, k, v, segment_ids):
+    fa = _cudnn()
+    inputs, static = self._args(q, segment_ids)
+    o, stats_BNT = fa._dot_product_attention_fwd(  # pylint: disable=protected-access
+        q, k, v, *inputs, **static, cudnn_version=fa.check_cudnn_version(),
+        return_residual=True)
+    return o, jnp.swapaxes(stats_BNT, 1, 2)
+
+  def backward(self, q, k, v, segment_ids, o, lse, do):
+    fa = _cudnn()
+    inputs, static = self._args(q, segment_ids)
+    residuals = (q, k, v, *inputs, jnp.swapaxes(lse, 1, 2), o)
+    grads = fa._dot_product_attention_bwd_rule(  # pylint: disable=protected-access
+        *static.values(), True, False, residuals, do)
+    return grads[:3]
+
+
+def cudnn_supports(q_BTKHD, segment_ids_BT) -> bool:
+  """Whether cuDNN flash attention takes these inputs."""
+  T, Dh = q_BTKHD.shape[1], q_BTKHD.shape[-1]
+  return (q_BTKHD.dtype in CUDNN_DTYPES and Dh % 8 == 0 and Dh <= 128 and
+          (segment_ids_BT is None or T % 2 == 0))
+
+
+def cudnn_attention(q_BTKHD, k_BTKGD, v_BTKGD, spec: PHDSpec, segment_ids_BT=None,
+                    positions_BT=None):
+  """PHD attention `[B, T, K, H, Dh]`: cuDNN where it applies, else `structured`."""
+  if not cudnn_supports(q_BTKHD, segment_ids_BT):
+    return structured_attention(q_BTKHD, k_BTKGD, v_BTKGD, spec, segment_ids_BT,
+                                positions_BT)
+  return split_attention(CudnnCausal(), q_BTKHD, k_BTKGD, v_BTKGD, spec, segment_ids_BT,
+                         positions_BT)
