@@ -82,7 +82,7 @@ def get_config(variant=None):
   c.data.text_field = "text"
   c.data.tokenizer = "byte"  # byte | sentencepiece | hf
   c.data.tokenizer_path = ""  # model file for sentencepiece / tokenizer.json for hf
-  c.data.num_workers = 0  # grain worker processes (0 = in-process)
+  c.data.num_workers = 0  # processes that read and tokenize documents (0 = in-process)
   c.data.prefetch = 2
 
   c.checkpoint = ml_collections.ConfigDict()

@@ -10,6 +10,11 @@
 Sources (`config.data.source`): "synthetic" (a learnable Markov chain over the model's
 vocabulary, no files, no tokenizer), "stdlib" (the interpreter's standard library, prepared
 on first use) and "tfds" (an array_record dataset `data.name` in `data.data_dir`).
+
+Row r of every global batch is a fixed "lane" of the shuffled document stream (`packing`),
+so batches depend on (seed, batch_size, step) only: any process count reads disjoint,
+covering shares of the same global batches, and a state saved under N processes resumes
+exactly under M (`pipeline`).
 """
 
 from __future__ import annotations
