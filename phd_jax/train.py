@@ -118,7 +118,7 @@ def make_train_step(config, mesh, gdef):
   def step(state: TrainState, batch):
     with nnx.logical_axis_rules(sharding.RULES):
       loss, count, grads = loss_and_grads(gdef, state.params, batch, config.microbatches,
-                                  config.optim.z_loss)
+                                          config.optim.z_loss)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                            opt_state=opt_state)
@@ -154,15 +154,18 @@ def check_finite(step: int, metrics: dict) -> None:
         "training stopped and this state was not saved")
 
 
-def parse_profile_steps(text: str) -> range | None:
+def parse_profile_steps(config) -> range | None:
+  """`profile_steps` "START:STOP": trace the steps START..STOP-1."""
+  text = config.profile_steps
   if not text:
     return None
   try:
     first, last = (int(x) for x in text.split(":"))
   except ValueError:
     raise ValueError(f"profile_steps must look like 'START:STOP'; got {text!r}") from None
-  if not 0 <= first < last:
-    raise ValueError(f"profile_steps={text!r} needs 0 <= START < STOP")
+  if not 0 <= first < last <= config.num_steps:
+    raise ValueError(f"profile_steps={text!r} needs 0 <= START < STOP <= num_steps="
+                     f"{config.num_steps}")
   return range(first, last)
 
 
@@ -193,7 +196,9 @@ def train(config, workdir: str) -> dict:
   metrics."""
   config_lib.validate(config)
   checkpoint.validate_options(config)
-  profile = parse_profile_steps(config.profile_steps)
+  profile = parse_profile_steps(config)
+  if "://" not in workdir:  # Orbax wants absolute local paths; gs:// and the like stay
+    workdir = os.path.abspath(workdir)
   mesh = sharding.make_mesh(config)
   sharding.check_batch(config, mesh)
   main_process = jax.process_index() == 0
@@ -231,10 +236,12 @@ def train(config, workdir: str) -> dict:
       progress.restart_clock(step)  # the first step's time is mostly compilation
 
   pending = None  # a step's metrics, fetched once the next step is dispatched
+  tracing = False
   try:
     for step in range(start, config.num_steps):
       if profile and step == profile.start:
         jax.profiler.start_trace(os.path.join(workdir, "profile"))
+        tracing = True
       state, metrics = train_step(state, global_batch(next(batches), mesh, config))
       done = step + 1
       if pending:
@@ -245,12 +252,14 @@ def train(config, workdir: str) -> dict:
                                                 or done == config.num_steps)
       saving = stopping or done == config.num_steps or (
           config.checkpoint.every and done % config.checkpoint.every == 0)
-      if (stopping or evaluating or saving or done == start + 1
-          or done % config.log_every == 0 or (profile and done == profile.stop)):
+      tracing_ends = tracing and done == profile.stop
+      if (stopping or evaluating or saving or tracing_ends or done == start + 1
+          or done % config.log_every == 0):
         record(*pending)  # checked finite before this state may be saved
         pending = None
-      if profile and done == profile.stop:
+      if tracing_ends:
         jax.profiler.stop_trace()
+        tracing = False
       if saving:
         ckpt.save(done, state, batches.get_state(), force=stopping or done == config.num_steps)
       if evaluating:
@@ -268,6 +277,8 @@ def train(config, workdir: str) -> dict:
           print(f"preempted (SIGTERM): saved step {done} and stopped", flush=True)
         break
   finally:
+    if tracing:
+      jax.profiler.stop_trace()
     preemption.close()
     batches.close()
     writer.close()

@@ -1,5 +1,6 @@
 """The command line: dry runs of the paper's configs, a short training run, bad settings."""
 
+import importlib
 import json
 import os
 import re
@@ -37,30 +38,31 @@ def olmo2_parameters(vocab, d_model, layers, heads, kv_heads, head_dim, mlp):
 
 
 def test_dry_run_prints_the_paper_parameter_counts():
-  runs = {name: start(f"--config=configs/{name}.py", "--dry_run")
-          for name in ("olmo2_1b", "olmo2_550m")}
+  names = ("olmo2_1b", "olmo2_550m")
+  runs = {name: start(f"--config=configs/{name}.py", "--dry_run") for name in names}
   shapes = {"olmo2_1b": (50304, 2048, 16, 32, 8, 64, 8192),
             "olmo2_550m": (50304, 1536, 16, 16, 4, 96, 4096)}
   paper_size = {"olmo2_1b": 1.2e9, "olmo2_550m": 550e6}
-  printed = {}
   for name, process in runs.items():
     code, out, err = finish(process)
     assert code == 0, err[-2000:]
     total, norms = olmo2_parameters(*shapes[name])
+    assert total == pytest.approx(paper_size[name], rel=0.02)
+    documented = importlib.import_module(f"configs.{name}").__doc__
+    assert f"Parameters: {total:,} " in documented
     assert re.search(r"^parameters: (\d+)$", out, re.M)[1] == str(total)
     without_norms = int(re.search(r"^parameters without norm scales: (\d+)", out, re.M)[1])
     assert without_norms == total - norms
-    assert total == pytest.approx(paper_size[name], rel=0.02)
-    printed[name] = without_norms
     # float32 params + two Adam moments, split over 8 fsdp devices
     memory = float(re.search(r"memory per device .*: ([\d.]+) GiB", out)[1])
     assert memory == pytest.approx(total * 12 / 8 / 2**30, abs=2e-3)
-  assert printed["olmo2_1b"] == 1_179_123_712  # the count in configs/olmo2_1b.py
 
 
 def test_trains_from_the_command_line(tmp_path):
-  code, out, err = finish(start(*TINY, f"--workdir={tmp_path}"))
+  code, out, err = finish(start(*TINY, "--config.profile_steps=2:4", f"--workdir={tmp_path}"))
   assert code == 0, err[-2000:]
+  traces = [f for _, _, files in os.walk(tmp_path / "profile") for f in files]
+  assert any(f.endswith(".xplane.pb") for f in traces), traces
   assert re.search(r"step 6/6 \[#+\] loss [\d.]+ .* eta", out)
   rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   assert [r["step"] for r in rows] == [3, 6]

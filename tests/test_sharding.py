@@ -86,6 +86,7 @@ def test_unknown_logical_axis_is_an_error():
     ({"mesh.data": 2, "mesh.tensor": 4}, "kv_heads"),
     ({"mesh.data": 1, "mesh.fsdp": 8, "model.d_model": 36}, "embed"),
     ({"profile_steps": "5"}, "profile_steps"),
+    ({"profile_steps": "5:30"}, "profile_steps"),  # beyond num_steps = 20
 ])
 def test_bad_settings_fail_before_compiling(overrides, field, tmp_path, monkeypatch):
   config = small_config(mesh=(8, 1, 1), **overrides)
