@@ -12,7 +12,7 @@
     SWA x72.88, CSWA x1.08).
 (c) KV cache bytes per variant for --cache_seq_len tokens at batch 1.
 Configs are names of files in configs/. Parameters are random (speed does not depend on
-them) and shared by all K; times exclude compilation and are medians of --repeats runs.
+them) and shared by all K; times exclude compilation and are the fastest of several runs.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import statistics
 import sys
 import time
 
@@ -66,18 +65,20 @@ class SharedParams:
     return decode.Decoder(nnx.merge(nnx.graphdef(shape), self.state))
 
 
-def median_seconds(run, repeats: int) -> float:
-  jax.block_until_ready(run())  # compile
+def best_seconds(run, repeats: int) -> float:
+  """Fastest of `repeats` timed calls after a compiling one: the run least disturbed by
+  other processes on a shared machine."""
+  jax.block_until_ready(run())
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
     jax.block_until_ready(run())
     times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  return min(times)
 
 
 def decode_ms(params: SharedParams, spec: PHDSpec, context: int, steps: int) -> float:
-  """Median ms of one decoding step with `context` tokens cached, batch 1."""
+  """ms of one decoding step with `context` tokens cached, batch 1."""
   decoder = params.decoder(spec)
   cache = decode.init_cache(params.cfg, spec, 1, context + steps + 2)
   state = {"cache": cache.replace(length=jnp.int32(context))}  # cached values do not matter
@@ -86,13 +87,24 @@ def decode_ms(params: SharedParams, spec: PHDSpec, context: int, steps: int) -> 
   def run():
     logits_BV, state["cache"] = decoder.step(state["cache"], token_B)
     return logits_BV
-  return 1000 * median_seconds(run, steps)
+  return 1000 * best_seconds(run, steps)
 
 
 def prefill_ms(params: SharedParams, spec: PHDSpec, prompt_len: int, repeats: int) -> float:
   decoder = params.decoder(spec)
   prompt = np.random.default_rng(0).integers(3, params.cfg.vocab_size, prompt_len).tolist()
-  return 1000 * median_seconds(lambda: decoder.prefill([prompt])[0], repeats)
+  return 1000 * best_seconds(lambda: decoder.prefill([prompt])[0], repeats)
+
+
+def ratio_table(kinds: tuple[str, ...], ks: list[int], ms_of) -> None:
+  """ms and ratio to Vanilla of each variant kind at each K (K = 1 is Vanilla itself)."""
+  vanilla = ms_of(PHDSpec())
+  names = {"PHD": "PHD-K", "SWA": f"PHD-SWA-K-{WINDOW}-inf", "CSWA": f"PHD-CSWA-K-{WINDOW}-{CHUNK}"}
+  print(f"Vanilla: {vanilla:.2f} ms")
+  print(f"{'K':>4} | " + " | ".join(f"{names[kind]:>20}" for kind in kinds))
+  for k in ks:
+    cells = [vanilla if k == 1 else ms_of(variants(kind, k)) for kind in kinds]
+    print(f"{k:>4} | " + " | ".join(f"{ms:>10.2f} ms x{ms / vanilla:>5.2f}" for ms in cells))
 
 
 def ints(text: str) -> list[int]:
@@ -106,10 +118,10 @@ def main() -> None:
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   parser.add_argument("--decode_ks", type=ints, default=[1, 2, 4, 8, 16, 32])
   parser.add_argument("--context", type=int, default=512, help="(a): tokens already cached")
-  parser.add_argument("--steps", type=int, default=8, help="(a): timed steps per K")
+  parser.add_argument("--steps", type=int, default=10, help="(a): timed steps per K")
   parser.add_argument("--prefill_ks", type=ints, default=[1, 2, 4, 8, 16])
-  parser.add_argument("--prompt_len", type=int, default=256, help="(b): prompt tokens")
-  parser.add_argument("--repeats", type=int, default=3, help="(b): timed prefills per cell")
+  parser.add_argument("--prompt_len", type=int, default=1024, help="(b): prompt tokens")
+  parser.add_argument("--repeats", type=int, default=5, help="(b): timed prefills per cell")
   parser.add_argument("--cache_seq_len", type=int, default=4096, help="(c)")
   parser.add_argument("--parts", default="a,b,c")
   args = parser.parse_args()
@@ -119,32 +131,17 @@ def main() -> None:
 
   if "a" in parts:
     params = SharedParams(load_config(args.decode_config, args.dtype))
-    print(f"\n(a) decode latency, batch 1, {args.context} tokens cached: configs/"
+    print(f"\n(a) decode latency per token, batch 1, {args.context} tokens cached: configs/"
           f"{args.decode_config}.py, {params.count / 1e6:.1f}M parameters")
-    print(f"{'K':>4} | {'PHD-K ms':>9} | {'x Vanilla':>9} | {'CSWA-K-16-32 ms':>15} | "
-          f"{'x Vanilla':>9}")
-    vanilla = decode_ms(params, PHDSpec(), args.context, args.steps)
-    for k in args.decode_ks:
-      phd, cswa = ((vanilla, vanilla) if k == 1 else  # K = 1 is Vanilla
-                   (decode_ms(params, variants(kind, k), args.context, args.steps)
-                    for kind in ("PHD", "CSWA")))
-      print(f"{k:>4} | {phd:>9.2f} | {phd / vanilla:>9.2f} | {cswa:>15.2f} | "
-            f"{cswa / vanilla:>9.2f}")
+    ratio_table(("PHD", "CSWA"), args.decode_ks,
+                lambda spec: decode_ms(params, spec, args.context, args.steps))
 
   if "b" in parts:
     params = SharedParams(load_config(args.prefill_config, args.dtype))
     print(f"\n(b) prefill of one {args.prompt_len}-token prompt: configs/{args.prefill_config}"
           f".py, {params.count / 1e6:.1f}M parameters")
-    vanilla = prefill_ms(params, PHDSpec(), args.prompt_len, args.repeats)
-    print(f"Vanilla: {vanilla:.1f} ms")
-    print(f"{'K':>4} | {'PHD-K':>13} | {'PHD-SWA-K-16-inf':>17} | {'PHD-CSWA-K-16-32':>17}")
-    for k in args.prefill_ks:
-      cells = []
-      for kind in ("PHD", "SWA", "CSWA"):
-        ms = vanilla if k == 1 else prefill_ms(params, variants(kind, k), args.prompt_len,
-                                               args.repeats)
-        cells.append(f"{ms:7.1f} x{ms / vanilla:5.2f}")
-      print(f"{k:>4} | {cells[0]:>13} | {cells[1]:>17} | {cells[2]:>17}")
+    ratio_table(("PHD", "SWA", "CSWA"), args.prefill_ks,
+                lambda spec: prefill_ms(params, spec, args.prompt_len, args.repeats))
 
   if "c" in parts:
     print(f"\n(c) KV cache, {args.cache_seq_len} tokens, batch 1, configs/"

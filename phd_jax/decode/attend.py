@@ -8,9 +8,12 @@ copy index; `tests/test_decode.py` checks the two forms agree on whole sequences
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
+from phd_jax.attention.band import MASKED
 from phd_jax.decode.cache import Cache
 from phd_jax.masks import PHDSpec
 
@@ -33,48 +36,57 @@ def visible(spec: PHDSpec, q_pos, q_copy, k_pos, k_copy):
   return allowed
 
 
-def cached_mask(spec: PHDSpec, cache: Cache, start, limit: int, positions_BN, real_BN,
-                copies: int):
-  """`[B, N*C, M]` mask of the new queries over keys [cache[:limit] | window | new].
+def cached_masks(spec: PHDSpec, cache: Cache, start, limit: int, positions_BN, real_BN,
+                 copies: int):
+  """Masks `[B, N*C, M]` of the new queries over each key part: cache[:limit], the window
+  (if any), the new copies.
 
   Cache slots count only below `start` (the new tokens' first slot) and from each row's
   first slot on. Padding (`real_BN` False) sees only padding, and real tokens only real
   ones, as segment ids do in training.
   """
-  B, N = positions_BN.shape
-  copy_C = jnp.arange(copies)
-  q_pos = jnp.repeat(positions_BN, copies, axis=1)[:, :, None]
-  q_copy = jnp.tile(copy_C, N)[None, :, None]
-  q_real = jnp.repeat(real_BN, copies, axis=1)[:, :, None]
+  N = positions_BN.shape[1]
+  copy_Q = jnp.tile(jnp.arange(copies), N)
+  q_pos = jnp.repeat(positions_BN, copies, axis=1)
+  q_real = jnp.repeat(real_BN, copies, axis=1)
+
+  def mask(k_pos, k_copy, k_real, k_filled):
+    rule = visible(spec, q_pos[:, :, None], copy_Q[None, :, None], k_pos[:, None, :],
+                   k_copy[:, None, :])
+    return rule & k_filled[:, None, :] & (k_real[:, None, :] == q_real[:, :, None])
 
   slot_S = jnp.arange(limit)
   cache_pos = slot_S[None] - cache.first_slot[:, None]
-  parts = [(jnp.maximum(cache_pos, 0), jnp.zeros_like(cache_pos), cache_pos >= 0,
-            jnp.broadcast_to(slot_S < start, cache_pos.shape))]
+  masks = [mask(jnp.maximum(cache_pos, 0), jnp.zeros_like(cache_pos), cache_pos >= 0,
+                (slot_S < start)[None])]
   if cache.window is not None:
     w_pos = cache.window.positions
-    parts.append((w_pos, cache.window.copies, w_pos >= 0, w_pos >= 0))
-  new_pos = jnp.repeat(positions_BN, copies, axis=1)
-  parts.append((new_pos, jnp.broadcast_to(jnp.tile(copy_C, N), new_pos.shape),
-                jnp.repeat(real_BN, copies, axis=1), jnp.ones_like(new_pos, bool)))
-  k_pos, k_copy, k_real, k_filled = (jnp.concatenate(p, axis=1)[:, None, :] for p in zip(*parts))
-  return k_filled & (k_real == q_real) & visible(spec, q_pos, q_copy, k_pos, k_copy)
+    masks.append(mask(w_pos, cache.window.copies, w_pos >= 0, w_pos >= 0))
+  masks.append(mask(q_pos, copy_Q[None], q_real, jnp.ones_like(q_real)))
+  return masks
 
 
-def cached_attention(cache: Cache, layer: int, limit: int, mask_BQM, q_BNCHD, k_BNCGD,
+def cached_attention(cache: Cache, layer: int, limit: int, masks_BQM, q_BNCHD, k_BNCGD,
                      v_BNCGD):
-  """Grouped-query attention of the new copies over [cache[:limit] | window | new]."""
+  """Grouped-query attention of the new copies over [cache[:limit] | window | new].
+
+  One softmax over all keys, computed per key part (a joint max and sum) so that the
+  cache is read in place rather than copied into a concatenation every step.
+  """
   B, N, C, H, Dh = q_BNCHD.shape
   G = k_BNCGD.shape[3]
-  def keys_of(cached, windowed, new):
-    parts = [cached[layer][:, :limit].astype(new.dtype)]
-    if windowed is not None:
-      parts.append(windowed[layer].astype(new.dtype))
-    parts.append(new.reshape(B, N * C, G, Dh))
-    return jnp.concatenate(parts, axis=1)
-  window = cache.window
-  keys = keys_of(cache.keys, None if window is None else window.keys, k_BNCGD)
-  values = keys_of(cache.values, None if window is None else window.values, v_BNCGD)
-  o = jax.nn.dot_product_attention(q_BNCHD.reshape(B, N * C, H, Dh), keys, values,
-                                   mask=mask_BQM[:, None])
-  return o.reshape(B, N, C, H, Dh)
+  q_BQGRD = q_BNCHD.reshape(B, N * C, G, H // G, Dh)
+  parts = [(cache.keys[layer][:, :limit], cache.values[layer][:, :limit])]
+  if cache.window is not None:
+    parts.append((cache.window.keys[layer], cache.window.values[layer]))
+  parts.append((k_BNCGD.reshape(B, N * C, G, Dh), v_BNCGD.reshape(B, N * C, G, Dh)))
+  scores = [jnp.where(mask[:, None, None], jnp.einsum(
+      "bqgrd,bsgd->bgrqs", q_BQGRD, k.astype(q_BQGRD.dtype),
+      preferred_element_type=jnp.float32) * Dh**-0.5, MASKED)
+            for (k, _), mask in zip(parts, masks_BQM)]
+  top = functools.reduce(jnp.maximum, [s.max(-1) for s in scores])
+  exps = [jnp.exp(s - top[..., None]) for s in scores]
+  inv_total = 1.0 / sum(e.sum(-1) for e in exps)[..., None]
+  out = sum(jnp.einsum("bgrqs,bsgd->bqgrd", (e * inv_total).astype(v_BNCGD.dtype),
+                       v.astype(v_BNCGD.dtype)) for e, (_, v) in zip(exps, parts))
+  return out.reshape(B, N, C, H, Dh)

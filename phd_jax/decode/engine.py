@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from phd_jax import attention as attention_lib
-from phd_jax.decode.attend import cached_attention, cached_mask
+from phd_jax.decode.attend import cached_attention, cached_masks
 from phd_jax.decode.cache import Cache, init_cache, write
 from phd_jax.decode.sampling import Sampling, sample
 from phd_jax.masks import PHDSpec
@@ -64,11 +64,11 @@ def forward(model, cache: Cache, tokens_BN, start, copies: int):
                                      segment_ids_BN, positions_BN)
   else:
     limit = start if isinstance(start, int) else cache.cache_len
-    mask_BQM = cached_mask(spec, cache, start, limit, positions_BN, real_BN, copies)
+    masks = cached_masks(spec, cache, start, limit, positions_BN, real_BN, copies)
 
     def attend(layer, q, k, v):
       new_kv.append((k, v))
-      return cached_attention(cache, layer, limit, mask_BQM, q, k, v)
+      return cached_attention(cache, layer, limit, masks, q, k, v)
   x_BNCD = model.hidden_states(tokens_BN, positions_BT=positions_BN, copies=copies,
                                attend=attend)
   return x_BNCD, write(cache, start, new_kv, positions_BN, real_BN)
