@@ -212,6 +212,16 @@ def test_sample_draws_from_the_restricted_softmax(sampling, expected):
   np.testing.assert_allclose(freq, probs, atol=0.015)
 
 
+def test_steps_past_the_cache_or_with_wrong_batch_are_refused():
+  decoder = decode.Decoder(make_model("PHD-2"))
+  _, cache = decoder.prefill([[1, 2, 3]], cache_len=4)
+  with pytest.raises(ValueError, match="shape"):
+    decoder.step(cache, [1, 2])
+  _, cache = decoder.step(cache, [4])
+  with pytest.raises(ValueError, match="cache is full"):
+    decoder.step(cache, [5])
+
+
 @pytest.mark.parametrize("prompts,kwargs,message", [
     ([], {}, "non-empty list"),
     ([[1, 2], []], {}, "prompt 1 must be a non-empty"),

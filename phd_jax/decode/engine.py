@@ -202,7 +202,13 @@ class Decoder:
 
   def step(self, cache: Cache, tokens_B):
     """Feed one token per row; the cache passed in is consumed (donated)."""
-    return _step_jit(self.graphdef, self.state, cache, jnp.asarray(tokens_B, jnp.int32))
+    tokens_B = jnp.asarray(tokens_B, jnp.int32)
+    if tokens_B.shape != cache.first_slot.shape:
+      raise ValueError(f"tokens must have shape {cache.first_slot.shape} (one per row of the "
+                       f"cache); got {tokens_B.shape}")
+    if int(cache.length) >= cache.cache_len:  # writes past the end would be clamped silently
+      raise ValueError(f"the cache is full: all cache_len={cache.cache_len} slots are used")
+    return _step_jit(self.graphdef, self.state, cache, tokens_B)
 
   def generate(self, prompts, max_new_tokens, *, temperature=0.0, top_k=0, top_p=1.0,
                seed=0, eos_id=None, cache_len=None) -> list[list[int]]:
