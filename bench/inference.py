@@ -12,7 +12,8 @@
     SWA x72.88, CSWA x1.08).
 (c) KV cache bytes per variant for --cache_seq_len tokens at batch 1.
 Configs are names of files in configs/. Parameters are random (speed does not depend on
-them) and shared by all K; times exclude compilation and are the fastest of several runs.
+them) and shared by all K; times exclude compilation; each is the fastest of several calls
+interleaved with those of the Vanilla it is compared to.
 """
 
 from __future__ import annotations
@@ -65,20 +66,25 @@ class SharedParams:
     return decode.Decoder(nnx.merge(nnx.graphdef(shape), self.state))
 
 
-def best_seconds(run, repeats: int) -> float:
-  """Fastest of `repeats` timed calls after a compiling one: the run least disturbed by
-  other processes on a shared machine."""
-  jax.block_until_ready(run())
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
+def fastest_ms(runs: dict, repeats: int) -> dict:
+  """ms of the fastest of `repeats` calls of each run, after a compiling call of each.
+
+  Calls are interleaved (run 1, run 2, ..., run 1, ...) so that every run meets the same
+  load from other processes, and the fastest call is the least disturbed one.
+  """
+  for run in runs.values():
     jax.block_until_ready(run())
-    times.append(time.perf_counter() - start)
-  return min(times)
+  best = {name: float("inf") for name in runs}
+  for _ in range(repeats):
+    for name, run in runs.items():
+      start = time.perf_counter()
+      jax.block_until_ready(run())
+      best[name] = min(best[name], 1000 * (time.perf_counter() - start))
+  return best
 
 
-def decode_ms(params: SharedParams, spec: PHDSpec, context: int, steps: int) -> float:
-  """ms of one decoding step with `context` tokens cached, batch 1."""
+def decode_run(params: SharedParams, spec: PHDSpec, context: int, steps: int):
+  """One decoding step per call with `context` tokens cached, batch 1."""
   decoder = params.decoder(spec)
   cache = decode.init_cache(params.cfg, spec, 1, context + steps + 2)
   state = {"cache": cache.replace(length=jnp.int32(context))}  # cached values do not matter
@@ -87,24 +93,29 @@ def decode_ms(params: SharedParams, spec: PHDSpec, context: int, steps: int) -> 
   def run():
     logits_BV, state["cache"] = decoder.step(state["cache"], token_B)
     return logits_BV
-  return 1000 * best_seconds(run, steps)
+  return run
 
 
-def prefill_ms(params: SharedParams, spec: PHDSpec, prompt_len: int, repeats: int) -> float:
+def prefill_run(params: SharedParams, spec: PHDSpec, prompt_len: int):
   decoder = params.decoder(spec)
   prompt = np.random.default_rng(0).integers(3, params.cfg.vocab_size, prompt_len).tolist()
-  return 1000 * best_seconds(lambda: decoder.prefill([prompt])[0], repeats)
+  return lambda: decoder.prefill([prompt])[0]
 
 
-def ratio_table(kinds: tuple[str, ...], ks: list[int], ms_of) -> None:
-  """ms and ratio to Vanilla of each variant kind at each K (K = 1 is Vanilla itself)."""
-  vanilla = ms_of(PHDSpec())
-  names = {"PHD": "PHD-K", "SWA": f"PHD-SWA-K-{WINDOW}-inf", "CSWA": f"PHD-CSWA-K-{WINDOW}-{CHUNK}"}
-  print(f"Vanilla: {vanilla:.2f} ms")
-  print(f"{'K':>4} | " + " | ".join(f"{names[kind]:>20}" for kind in kinds))
+def ratio_table(kinds: tuple[str, ...], ks: list[int], make_run, repeats: int) -> None:
+  """ms of Vanilla and of each variant kind at each K, with its ratio to the Vanilla
+  measured alongside it (K = 1 is Vanilla itself)."""
+  names = {"PHD": "PHD-K", "SWA": f"PHD-SWA-K-{WINDOW}-inf",
+           "CSWA": f"PHD-CSWA-K-{WINDOW}-{CHUNK}"}
+  print(f"{'K':>4} | {'Vanilla':>10} | " + " | ".join(f"{names[kind]:>20}" for kind in kinds))
   for k in ks:
-    cells = [vanilla if k == 1 else ms_of(variants(kind, k)) for kind in kinds]
-    print(f"{k:>4} | " + " | ".join(f"{ms:>10.2f} ms x{ms / vanilla:>5.2f}" for ms in cells))
+    runs = {"Vanilla": make_run(PHDSpec())}
+    if k > 1:
+      runs.update({kind: make_run(variants(kind, k)) for kind in kinds})
+    ms = fastest_ms(runs, repeats)
+    cells = [ms.get(kind, ms["Vanilla"]) for kind in kinds]
+    print(f"{k:>4} | {ms['Vanilla']:>7.2f} ms | " +
+          " | ".join(f"{c:>10.2f} ms x{c / ms['Vanilla']:>5.2f}" for c in cells))
 
 
 def ints(text: str) -> list[int]:
@@ -134,14 +145,14 @@ def main() -> None:
     print(f"\n(a) decode latency per token, batch 1, {args.context} tokens cached: configs/"
           f"{args.decode_config}.py, {params.count / 1e6:.1f}M parameters")
     ratio_table(("PHD", "CSWA"), args.decode_ks,
-                lambda spec: decode_ms(params, spec, args.context, args.steps))
+                lambda spec: decode_run(params, spec, args.context, args.steps), args.steps)
 
   if "b" in parts:
     params = SharedParams(load_config(args.prefill_config, args.dtype))
     print(f"\n(b) prefill of one {args.prompt_len}-token prompt: configs/{args.prefill_config}"
           f".py, {params.count / 1e6:.1f}M parameters")
     ratio_table(("PHD", "SWA", "CSWA"), args.prefill_ks,
-                lambda spec: prefill_ms(params, spec, args.prompt_len, args.repeats))
+                lambda spec: prefill_run(params, spec, args.prompt_len), args.repeats)
 
   if "c" in parts:
     print(f"\n(c) KV cache, {args.cache_seq_len} tokens, batch 1, configs/"
