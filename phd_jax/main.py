@@ -32,22 +32,19 @@ flags.DEFINE_bool("dry_run", False, "Print parameter count and memory estimate; 
 flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
 
-# Environments in which jax.distributed.initialize() discovers the cluster on its own.
-_CLUSTER_ENV = ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", "SLURM_NTASKS",
-                "OMPI_COMM_WORLD_SIZE")
+def _launched_processes() -> int:
+  """Processes a TPU pod, multislice, SLURM or Open MPI launch started (1 elsewhere): in
+  these environments jax.distributed.initialize() finds its peers itself."""
+  env = os.environ
+  return max(len(env.get("TPU_WORKER_HOSTNAMES", "").split(",")),
+             2 if "MEGASCALE_COORDINATOR_ADDRESS" in env else 1,
+             int(env.get("SLURM_NTASKS", 1)), int(env.get("OMPI_COMM_WORLD_SIZE", 1)))
 
 
 def _initialize_distributed() -> None:
   if FLAGS.coordinator or FLAGS.num_processes:
     jax.distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
-    return
-  sizes = {
-      "TPU_WORKER_HOSTNAMES": len(os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")),
-      "MEGASCALE_COORDINATOR_ADDRESS": 2 if "MEGASCALE_COORDINATOR_ADDRESS" in os.environ else 1,
-      "SLURM_NTASKS": int(os.environ.get("SLURM_NTASKS", "1")),
-      "OMPI_COMM_WORLD_SIZE": int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")),
-  }
-  if any(sizes[name] > 1 for name in _CLUSTER_ENV):
+  elif _launched_processes() > 1:
     jax.distributed.initialize()
 
 

@@ -130,3 +130,20 @@ def test_non_finite_loss_stops_at_its_step(tmp_path):
   assert read_jsonl(tmp_path / "metrics.jsonl") == []
   assert checkpoint.Checkpointer(str(tmp_path), config).latest_step() == 1
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]
+
+
+def test_rematerialised_step_equals_plain(single_device):
+  _, ref_grads, ref_state, ref_metrics = single_device
+  _, grads, state, metrics = one_step(step_config(**{"model.remat": "full"}),
+                                      jax.devices()[:1])
+  np.testing.assert_allclose(metrics["loss"], ref_metrics["loss"], rtol=LOSS_RTOL)
+  assert_trees_close(grads, ref_grads, GRAD_ATOL)
+  assert_trees_close(state.params, ref_state.params, PARAM_ATOL)
+
+
+def test_bfloat16_compute_keeps_float32_state(single_device):
+  _, ref_grads, _, ref_metrics = single_device
+  _, grads, state, metrics = one_step(step_config((2, 2, 2), **{"model.dtype": "bfloat16"}))
+  assert {x.dtype for x in jax.tree.leaves(state)} == {np.dtype("float32"), np.dtype("int32")}
+  np.testing.assert_allclose(metrics["loss"], ref_metrics["loss"], rtol=1e-2)
+  np.testing.assert_allclose(metrics["grad_norm"], ref_metrics["grad_norm"], rtol=5e-2)
