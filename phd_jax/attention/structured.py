@@ -24,27 +24,15 @@ from phd_jax.masks import PHDSpec
 BLOCK_SIZE = 512
 
 
-@jax.custom_vjp
 def joint_softmax(a, b):
-  """softmax(concatenate([a, b], -1)) returned as its two parts, without the concatenation."""
-  top = jax.lax.stop_gradient(jnp.maximum(a.max(-1), b.max(-1)))[..., None]
-  exp_a, exp_b = jnp.exp(a - top), jnp.exp(b - top)
-  inv_total = 1.0 / (exp_a.sum(-1, keepdims=True) + exp_b.sum(-1, keepdims=True))
-  return exp_a * inv_total, exp_b * inv_total
+  """softmax(concatenate([a, b], -1)) returned as its two parts, without the concatenation.
 
-
-def _joint_softmax_fwd(a, b):
-  probs = joint_softmax(a, b)
-  return probs, probs  # like jax.nn.softmax, keep only the probabilities
-
-
-def _joint_softmax_bwd(probs, grads):
-  (p_a, p_b), (g_a, g_b) = probs, grads
-  inner = (p_a * g_a).sum(-1, keepdims=True) + (p_b * g_b).sum(-1, keepdims=True)
-  return p_a * (g_a - inner), p_b * (g_b - inner)
-
-
-joint_softmax.defvjp(_joint_softmax_fwd, _joint_softmax_bwd)
+  Written through the joint log-sum-exp and left to autodiff: on XLA:CPU this backward runs
+  an order of magnitude faster than `jax.nn.softmax`'s custom rule.
+  """
+  lse = jnp.logaddexp(jax.nn.logsumexp(a, axis=-1, keepdims=True),
+                      jax.nn.logsumexp(b, axis=-1, keepdims=True))
+  return jnp.exp(a - lse), jnp.exp(b - lse)
 
 
 def _pad_copy_axis(x, axis: int, value=0.0):
@@ -67,7 +55,7 @@ def _query_block(spec: PHDSpec, start: int, stop: int, q_BTKGRD, k_BTKGD, v_BTKG
     mask = mask & (segment_ids_BT[:, start:stop, None] == segment_ids_BT[:, None, :stop])
   s_orig = jnp.where(mask[:, None, :, None, None, :], s_orig, MASKED)
   if spec.k == 1:
-    p_orig = jax.nn.softmax(s_orig, axis=-1)
+    p_orig = jnp.exp(s_orig - jax.nn.logsumexp(s_orig, axis=-1, keepdims=True))  # see above
     return jnp.einsum("bgqkrs,bsgd->bqkgrd", p_orig.astype(v0.dtype), v0)
   band = HiddenBand(spec, T, segment_ids_BT, positions_BT)
   s_hidden = band.scores(q[:, :, 1:], k_BTKGD[:, :, 1:], start, stop)
