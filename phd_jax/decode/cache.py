@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from phd_jax import config as config_lib
 from phd_jax.layers import DTYPES
 from phd_jax.masks import PHDSpec
 from phd_jax.model import ModelConfig
@@ -106,7 +107,6 @@ def kv_cache_bytes(config, seq_len: int, batch: int) -> dict:
   cache), "hidden_window" (SWA/CSWA's rolling hidden K/V), "bookkeeping" (slot and
   position indices), "total".
   """
-  from phd_jax import config as config_lib  # experiment configs -> model settings
   cfg, spec = config_lib.model_config(config), config_lib.phd_spec(config)
   for name, value in (("seq_len", seq_len), ("batch", batch)):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:

@@ -6,8 +6,7 @@ differs. A forward runs the first C copies (1: originals only, or all K) of N to
 placed in cache slots [start, start+N) and stores their K/V (`cache.write`).
 
 Prefill (PAPER.md "Inference"), on left-padded prompts:
-  Vanilla          one forward over the prompt.
-  PHD              originals of all but the last prompt token, then its K copies.
+  PHD and Vanilla  originals of all but the last prompt token, then its K copies.
   PHD-SWA          all K copies of every prompt token: each hidden copy's window reaches
                    the hidden copies before it, layer after layer.
   PHD-CSWA         originals up to the last token's chunk, then all K copies of that
@@ -35,10 +34,10 @@ from phd_jax.masks import PHDSpec
 def hidden_prefill_tokens(spec: PHDSpec, lengths) -> int:
   """How many trailing slots of the left-padded prompts prefill runs with all K copies."""
   lengths = [int(n) for n in lengths]
-  if spec.k == 1 or (spec.window and spec.chunk is None):  # Vanilla: one forward; SWA: all
-    return max(lengths)
   if spec.window == 0:
     return 1
+  if spec.chunk is None:
+    return max(lengths)
   return max(n - (n - 1) // spec.chunk * spec.chunk for n in lengths)
 
 
@@ -75,12 +74,20 @@ def forward(model, cache: Cache, tokens_BN, start, copies: int):
 
 
 def prefill(model, cache: Cache, tokens_BT, hidden_tokens: int):
-  """Final-copy logits `[B, V]` of each prompt's last token, and the filled cache."""
-  split = tokens_BT.shape[1] - hidden_tokens
+  """Final-copy logits `[B, V]` of each prompt's last token, and the filled cache.
+
+  Up to three forwards: originals only, all copies of the other hidden-prefill tokens, and
+  the last token. Only the last one's output is used, so XLA drops the last layer's
+  attention output and MLP of every earlier token (only their K/V are needed).
+  """
+  T, k = tokens_BT.shape[1], model.spec.k
+  split = T - hidden_tokens
   if split:
     _, cache = forward(model, cache, tokens_BT[:, :split], 0, copies=1)
-  x_BNKD, cache = forward(model, cache, tokens_BT[:, split:], split, copies=model.spec.k)
-  return model.logits(x_BNKD[:, -1:, -1])[:, 0], cache
+  if split < T - 1:
+    _, cache = forward(model, cache, tokens_BT[:, split:T - 1], split, copies=k)
+  x_B1KD, cache = forward(model, cache, tokens_BT[:, T - 1:], T - 1, copies=k)
+  return model.logits(x_B1KD[:, :, -1])[:, 0], cache
 
 
 def step(model, cache: Cache, tokens_B):
