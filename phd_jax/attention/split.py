@@ -56,13 +56,20 @@ def _causal_scores(q_BTND, k_BTGD, segment_ids_BT):
   return jnp.where(mask[:, None, None], s * Dh**-0.5, MASKED)
 
 
+def _causal_values(p_BGNTS, v_BTGD):
+  out = jnp.einsum("bgnts,bsgd->btgnd", p_BGNTS.astype(v_BTGD.dtype), v_BTGD)
+  return out.reshape(*out.shape[:2], -1, out.shape[-1])  # [B, T, N, Dh]
+
+
+def _heads_last(x_BGNT):
+  return jnp.moveaxis(x_BGNT.reshape(x_BGNT.shape[0], -1, x_BGNT.shape[-1]), 1, -1)
+
+
 def _causal_attend(q, k, v, segment_ids, lse_BTN):
   B, T, N, _ = q.shape
   lse = jnp.moveaxis(lse_BTN, 1, -1).reshape(B, k.shape[2], -1, T)  # [B, G, N/G, T]
   p = jnp.exp(_causal_scores(q, k, segment_ids) - lse[..., None])
-  weighted = jnp.einsum("bgnts,bsgd->btgnd", p.astype(v.dtype), v).reshape(q.shape)
-  mass = jnp.moveaxis(p.sum(-1).reshape(B, N, T), 1, -1)
-  return weighted, mass
+  return _causal_values(p, v), _heads_last(p.sum(-1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,9 +78,8 @@ class XlaCausal:
 
   def forward(self, q, k, v, segment_ids):
     s = _causal_scores(q, k, segment_ids)
-    lse = jax.nn.logsumexp(s, axis=-1)  # [B, G, N/G, T]
-    lse_BTN = jnp.moveaxis(lse.reshape(q.shape[0], q.shape[2], -1), 1, -1)
-    return _causal_attend(q, k, v, segment_ids, lse_BTN)[0], lse_BTN
+    lse = jax.nn.logsumexp(s, axis=-1, keepdims=True)
+    return _causal_values(jnp.exp(s - lse), v), _heads_last(lse[..., 0])
 
   def backward(self, q, k, v, segment_ids, o, lse, do):
     attend = lambda q, k, v, lse: _causal_attend(q, k, v, segment_ids, lse)
@@ -114,9 +120,9 @@ def _split_fwd(kernel, spec: PHDSpec, q_BTKHD, k_BTKGD, v_BTKGD, segment_ids_BT,
   if K > 1:
     band = HiddenBand(spec, T, segment_ids_BT, positions_BT)
     s = band.scores(q[:, :, 1:], k_BTKGD[:, :, 1:], 0, T)
-    lse_band = _band_layout(jax.nn.logsumexp(s, axis=-1))
-    o_band = _band_attend(band, q[:, :, 1:], k_BTKGD[:, :, 1:], v_BTKGD[:, :, 1:],
-                          lse_band)[0]
+    lse_band = jax.nn.logsumexp(s, axis=-1, keepdims=True)
+    o_band = band.outputs(jnp.exp(s - lse_band), v_BTKGD[:, :, 1:], 0, T)
+    lse_band = _band_layout(lse_band[..., 0])
     lse_hidden = jnp.logaddexp(lse[:, :, 1:], lse_band)
     o_hidden = (jnp.exp(lse[:, :, 1:] - lse_hidden)[..., None] * o[:, :, 1:] +
                 jnp.exp(lse_band - lse_hidden)[..., None] * o_band)

@@ -6,9 +6,9 @@ seen only by hidden queries, and only within the small `HiddenBand` (own token, 
 chunk). Both sets of scores share ONE softmax (a joint max and sum), so the result is the
 reference's up to rounding; no (K*T)^2 mask is ever built.
 
-Long sequences run in query blocks of `block_size` tokens: block i scores only the
-originals up to its own last token (the causal triangle, not the square) and is recomputed
-in the backward pass, so memory holds one block's K*block*T scores at a time.
+Long sequences run in query blocks (`block_size` tokens, at most MAX_BLOCKS of them): block
+i scores only the originals up to its own last token (the causal triangle, not the square)
+and is recomputed in the backward pass, so memory holds one block's K*block*T scores.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import jax.numpy as jnp
 from phd_jax.attention.band import MASKED, HiddenBand
 from phd_jax.masks import PHDSpec
 
-BLOCK_SIZE = 512
+BLOCK_SIZE = 256  # query tokens per block: small blocks skip more of the square
+MAX_BLOCKS = 32  # blocks are unrolled; beyond this, longer blocks keep compiles short
 
 
 def joint_softmax(a, b):
@@ -66,10 +67,11 @@ def _query_block(spec: PHDSpec, start: int, stop: int, q_BTKGRD, k_BTKGD, v_BTKG
 
 
 def structured_attention(q_BTKHD, k_BTKGD, v_BTKGD, spec: PHDSpec, segment_ids_BT=None,
-                         positions_BT=None, *, block_size: int = BLOCK_SIZE):
+                         positions_BT=None, *, block_size: int | None = None):
   """PHD attention, `[B, T, K, H, Dh]`; exact on any backend, differentiable."""
   B, T, K, H, Dh = q_BTKHD.shape
   G = k_BTKGD.shape[3]
+  block_size = block_size or max(BLOCK_SIZE, -(-T // MAX_BLOCKS))
   q = q_BTKHD.reshape(B, T, K, G, H // G, Dh)
   starts = range(0, T, block_size)
   outs = []
