@@ -74,7 +74,11 @@ def main(argv) -> None:
     return
   if not FLAGS.workdir:
     raise app.UsageError("--workdir is required to train")
-  train.train(config, FLAGS.workdir)
+  final = train.train(config, FLAGS.workdir)
+  if jax.process_index() == 0:
+    print(f"done: step {final['step']}, " + ", ".join(
+        f"{name} {final[name]:.4f}" for name in ("loss", "eval_loss") if name in final)
+        + f"; logs and checkpoints in {FLAGS.workdir}")
 
 
 if __name__ == "__main__":

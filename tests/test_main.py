@@ -64,16 +64,14 @@ def test_trains_from_the_command_line(tmp_path):
   traces = [f for _, _, files in os.walk(tmp_path / "profile") for f in files]
   assert any(f.endswith(".xplane.pb") for f in traces), traces
   assert re.search(r"step 6/6 \[#+\] loss [\d.]+ .* eta", out)
+  assert re.search(r"^done: step 6, loss [\d.]+;", out, re.M)
   rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   assert [r["step"] for r in rows] == [3, 6]
   assert json.load(open(tmp_path / "config.json"))["mesh"]["tensor"] == 2
   assert os.listdir(tmp_path / "checkpoints") == ["6"]  # the final save
 
 
-@pytest.mark.parametrize("flag, message", [
-    ("--config.mesh.tensor=3", "'tensor': 3"),
-    ("--config.phd.variant=PHD-CSWA-2-0-4", "phd.variant"),
-])
-def test_bad_setting_exits_naming_it(tmp_path, flag, message):
-  code, _, err = finish(start(*TINY, flag, f"--workdir={tmp_path}", "--dry_run"))
-  assert code != 0 and message in err
+def test_bad_setting_exits_naming_it(tmp_path):
+  code, _, err = finish(start(*TINY, "--config.mesh.tensor=3", f"--workdir={tmp_path}",
+                              "--dry_run"))
+  assert code != 0 and "'tensor': 3" in err
