@@ -52,16 +52,21 @@ def peak_bytes(compiled) -> int:
              + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
 
 
-def measure(fn, args, repeats: int):
-  """(seconds, peak bytes) of jitted `fn(*args)`: best of `repeats` after a warm-up run."""
-  compiled = jax.jit(fn).lower(*args).compile()
-  jax.block_until_ready(compiled(*args))
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
-    best = min(best, time.perf_counter() - start)
-  return best, peak_bytes(compiled)
+def measure(cases, repeats: int):
+  """[(seconds, peak bytes)] of jitted `fn(*args)` for each (fn, args) in `cases`.
+
+  Runs round-robin, best of `repeats` rounds after a warm-up one, so that load from other
+  processes hits every case alike.
+  """
+  compiled = [jax.jit(fn).lower(*args).compile() for fn, args in cases]
+  best = [float("inf")] * len(cases)
+  for round_ in range(repeats + 1):
+    for i, (c, (_, args)) in enumerate(zip(compiled, cases)):
+      start = time.perf_counter()
+      jax.block_until_ready(c(*args))
+      if round_:
+        best[i] = min(best[i], time.perf_counter() - start)
+  return [(s, peak_bytes(c)) for s, c in zip(best, compiled)]
 
 
 def forward_backward(attend):
@@ -106,10 +111,10 @@ def attention_rows(args):
     key = jax.random.split(jax.random.key(T), 4)
     q = jax.random.normal(key[0], (B, T, H, Dh), dtype)
     kv = [jax.random.normal(k, (B, T, G, Dh), dtype) for k in key[1:3]]
-    rows = []  # (variant, impl, k, seconds, bytes)
+    rows, cases = [], []  # (variant, impl, k) and (fn, args) of each row
     for name, fn in vanilla_rows(dtype):
-      rows.append(("vanilla causal", name, 1,
-                   *measure(forward_backward(fn), (q, *kv, q), args.repeats)))
+      rows.append(("vanilla causal", name, 1))
+      cases.append((forward_backward(fn), (q, *kv, q)))
     for spec in specs(_ints(args.ks), _ints(args.windows), _chunks(args.chunks)):
       qkv = [jnp.broadcast_to(x[:, :, None], (B, T, spec.k, *x.shape[2:])) for x in (q, *kv)]
       cotangent = jax.random.normal(key[3], qkv[0].shape, jnp.float32)
@@ -118,8 +123,9 @@ def attention_rows(args):
           continue
         fn = attention.IMPLEMENTATIONS[impl]
         attend = lambda q, k, v, fn=fn, spec=spec: fn(q, k, v, spec)
-        rows.append((spec.name, impl, spec.k,
-                     *measure(forward_backward(attend), (*qkv, cotangent), args.repeats)))
+        rows.append((spec.name, impl, spec.k))
+        cases.append((forward_backward(attend), (*qkv, cotangent)))
+    rows = [row + result for row, result in zip(rows, measure(cases, args.repeats))]
     base = min((r for r in rows if r[2] == 1), key=lambda r: r[3])
     for variant, impl, k, s, mem in rows:
       mark = "*" if (variant, impl) == base[:2] else " "
@@ -139,20 +145,21 @@ def model_rows(args):
         f"{attention.resolve(cfg.attention_impl)}")
   header = f"{'variant':<20} {'ms':>9} {'x van':>6} {'/K':>5} {'MiB':>8} {'x van':>6}"
   print(header + "\n" + "-" * len(header))
-  base = None
-  for k in [1] + [k for k in _ints(args.ks) if k > 1]:
-    spec = PHDSpec(k=k) if k == 1 else PHDSpec(k=k, window=16, chunk=32)
+  specs_ = [PHDSpec(k=1)] + [PHDSpec(k=k, window=16, chunk=32) for k in _ints(args.ks) if k > 1]
+  cases = []
+  for spec in specs_:
     graphdef, state = nnx.split(Transformer(cfg, spec, rngs=nnx.Rngs(0)))
 
-    def loss_and_grads(state, tokens):
+    def loss_and_grads(state, tokens, graphdef=graphdef):
       model = nnx.merge(graphdef, state)
-      loss_fn = lambda m: next_token_loss(m(tokens), tokens)[0]
-      return nnx.value_and_grad(loss_fn)(model)
+      return nnx.value_and_grad(lambda m: next_token_loss(m(tokens), tokens)[0])(model)
 
-    s, mem = measure(loss_and_grads, (state, tokens), args.repeats)
-    base = base or (s, mem)
-    print(f"{spec.name:<20} {s * 1e3:>9.1f} {s / base[0]:>6.2f} {s / base[0] / k:>5.2f} "
-          f"{mem / 2**20:>8.1f} {mem / base[1]:>6.2f}", flush=True)
+    cases.append((loss_and_grads, (state, tokens)))
+  results = measure(cases, args.repeats)
+  base_s, base_mem = results[0]
+  for spec, (s, mem) in zip(specs_, results):
+    print(f"{spec.name:<20} {s * 1e3:>9.1f} {s / base_s:>6.2f} {s / base_s / spec.k:>5.2f} "
+          f"{mem / 2**20:>8.1f} {mem / base_mem:>6.2f}", flush=True)
 
 
 def main(argv=None):

@@ -15,7 +15,7 @@ import pytest
 from flax import nnx
 
 from phd_jax import attention
-from phd_jax.attention.cudnn import cudnn_supports
+from phd_jax.attention.cudnn import cudnn_attention, cudnn_supports
 from phd_jax.attention.dense import dense_attention
 from phd_jax.attention.splash import splash_attention
 from phd_jax.attention.split import XlaCausal, split_attention
@@ -155,10 +155,14 @@ def test_joint_softmax_is_softmax_of_concatenation():
 
 def test_cudnn_falls_back_where_cudnn_cannot_run():
   q = jnp.zeros((1, 4, 2, 4, 64), jnp.bfloat16)
-  assert cudnn_supports(q, None)
-  assert not cudnn_supports(q.astype(jnp.float32), None)  # cuDNN has no float32 flash
-  assert not cudnn_supports(jnp.zeros((1, 4, 2, 4, 12), jnp.bfloat16), None)
-  assert not cudnn_supports(jnp.zeros((1, 5, 2, 4, 64), jnp.bfloat16), jnp.ones((1, 5)))
+  assert cudnn_supports(q)
+  assert not cudnn_supports(q.astype(jnp.float32))  # cuDNN has no float32 flash attention
+  assert not cudnn_supports(jnp.zeros((1, 4, 2, 4, 12), jnp.bfloat16))  # head_dim % 8
+  assert not cudnn_supports(jnp.zeros((1, 5, 2, 4, 64), jnp.bfloat16))  # odd length
+  (q, k, v), _ = _inputs(2)
+  spec = _spec(2, "SWA-tokens")  # float32 on any backend: cudnn_attention runs structured
+  np.testing.assert_array_equal(cudnn_attention(q, k, v, spec),
+                                structured_attention(q, k, v, spec))
 
 
 def test_resolve_on_cpu():

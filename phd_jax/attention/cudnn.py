@@ -8,8 +8,9 @@ to the input dtype and its VJP ignores the log-sum-exp's cotangent, so this modu
 the forward and backward rules beneath it: the forward for the float32 log-sum-exp, the
 backward with the merged output and log-sum-exp.
 
-cuDNN takes bfloat16/float16 inputs with head_dim a multiple of 8 up to 128 (and an even
-length when a bias is used); anything else runs `structured`, which is exact everywhere.
+cuDNN takes bfloat16/float16 inputs with head_dim a multiple of 8 up to 128 and, for
+training, an even length (jax passes it a placeholder bias); anything else runs
+`structured`, which is exact everywhere.
 """
 
 from __future__ import annotations
@@ -65,17 +66,16 @@ class CudnnCausal:
     return grads[:3]
 
 
-def cudnn_supports(q_BTKHD, segment_ids_BT) -> bool:
+def cudnn_supports(q_BTKHD) -> bool:
   """Whether cuDNN flash attention takes these inputs."""
   T, Dh = q_BTKHD.shape[1], q_BTKHD.shape[-1]
-  return (q_BTKHD.dtype in CUDNN_DTYPES and Dh % 8 == 0 and Dh <= 128 and
-          (segment_ids_BT is None or T % 2 == 0))
+  return q_BTKHD.dtype in CUDNN_DTYPES and Dh % 8 == 0 and Dh <= 128 and T % 2 == 0
 
 
 def cudnn_attention(q_BTKHD, k_BTKGD, v_BTKGD, spec: PHDSpec, segment_ids_BT=None,
                     positions_BT=None):
   """PHD attention `[B, T, K, H, Dh]`: cuDNN where it applies, else `structured`."""
-  if not cudnn_supports(q_BTKHD, segment_ids_BT):
+  if not cudnn_supports(q_BTKHD):
     return structured_attention(q_BTKHD, k_BTKGD, v_BTKGD, spec, segment_ids_BT,
                                 positions_BT)
   return split_attention(CudnnCausal(), q_BTKHD, k_BTKGD, v_BTKGD, spec, segment_ids_BT,
