@@ -92,3 +92,22 @@ def get_config(variant=None):
   c.checkpoint.async_save = True
   c.checkpoint.warm_start = ""  # path of another run's checkpoint: params only
   return c
+
+
+def paper_scale(c, *, d_model, num_layers, num_heads, num_kv_heads, head_dim, mlp_dim,
+                batch_size, num_steps, lr):
+  """The settings every paper-sized config shares (OLMo2 recipe, ours where the paper is
+  silent): vocabulary 50304, 4096-token sequences, bfloat16 compute, full remat, FSDP over
+  all devices, a tfds corpus with a HF tokenizer; plus the given shape and schedule."""
+  c.model.update(dict(vocab_size=50304, d_model=d_model, num_layers=num_layers,
+                      num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
+                      mlp_dim=mlp_dim, dtype="bfloat16", remat="full"))
+  c.seq_len = 4096
+  c.batch_size = batch_size
+  c.num_steps = num_steps
+  c.optim.lr = lr
+  c.mesh.data = 1
+  c.mesh.fsdp = -1
+  c.data.source = "tfds"
+  c.data.tokenizer = "hf"
+  return c

@@ -16,21 +16,6 @@ from configs import base
 
 def get_config(variant=None):
   c = base.get_config(variant or "PHD-CSWA-3-16-32")
-  c.model.vocab_size = 50304
-  c.model.d_model = 2048
-  c.model.num_layers = 16
-  c.model.num_heads = 32
-  c.model.num_kv_heads = 8
-  c.model.head_dim = 64
-  c.model.mlp_dim = 8192
-  c.model.dtype = "bfloat16"
-  c.model.remat = "full"
-  c.seq_len = 4096
-  c.batch_size = 1024
-  c.num_steps = 119_209
-  c.optim.lr = 4e-4
-  c.mesh.data = 1
-  c.mesh.fsdp = -1
-  c.data.source = "tfds"
-  c.data.tokenizer = "hf"
-  return c
+  return base.paper_scale(c, d_model=2048, num_layers=16, num_heads=32, num_kv_heads=8,
+                         head_dim=64, mlp_dim=8192, batch_size=1024, num_steps=119_209,
+                         lr=4e-4)

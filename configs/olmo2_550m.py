@@ -15,21 +15,6 @@ from configs import base
 
 def get_config(variant=None):
   c = base.get_config(variant or "PHD-SWA-2-16-inf")
-  c.model.vocab_size = 50304
-  c.model.d_model = 1536
-  c.model.num_layers = 16
-  c.model.num_heads = 16
-  c.model.num_kv_heads = 4
-  c.model.head_dim = 96
-  c.model.mlp_dim = 4096
-  c.model.dtype = "bfloat16"
-  c.model.remat = "full"
-  c.seq_len = 4096
-  c.batch_size = 512
-  c.num_steps = 143_051
-  c.optim.lr = 6e-4
-  c.mesh.data = 1
-  c.mesh.fsdp = -1
-  c.data.source = "tfds"
-  c.data.tokenizer = "hf"
-  return c
+  return base.paper_scale(c, d_model=1536, num_layers=16, num_heads=16, num_kv_heads=4,
+                         head_dim=96, mlp_dim=4096, batch_size=512, num_steps=143_051,
+                         lr=6e-4)

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 
 import jax
 import numpy as np
+from etils import epath
 
 from phd_jax.masks import PHDSpec, spec_mask
 
@@ -77,15 +77,21 @@ def flops_per_sequence(model_cfg, spec: PHDSpec, seq_len: int) -> float:
 
 
 class Writer:
-  """Scalars to TensorBoard and `metrics.jsonl` in the workdir; silent off process 0."""
+  """Scalars to TensorBoard and `metrics.jsonl` in the workdir; silent off process 0.
+
+  The workdir may be local or remote (gs://). Object stores cannot append, so there the
+  JSONL file is rewritten whole at each write (a few hundred KB for a long run).
+  """
 
   def __init__(self, workdir: str, enabled: bool = True):
     self.enabled = enabled
     if enabled:
       from tensorboardX import SummaryWriter
-      os.makedirs(workdir, exist_ok=True)
       self._tb = SummaryWriter(logdir=workdir)
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      self._path = epath.Path(workdir) / "metrics.jsonl"
+      self._path.parent.mkdir(parents=True, exist_ok=True)
+      self._remote = "://" in workdir
+      self._lines = self._path.read_text() if self._remote and self._path.exists() else ""
 
   def write(self, step: int, scalars: dict, prefix: str = "train") -> None:
     if not self.enabled:
@@ -93,13 +99,17 @@ class Writer:
     for name, value in scalars.items():
       if value is not None:
         self._tb.add_scalar(f"{prefix}/{name}", value, step)
-    self._jsonl.write(json.dumps({"step": step, **_prefixed(scalars, prefix)}) + "\n")
-    self._jsonl.flush()
+    line = json.dumps({"step": step, **_prefixed(scalars, prefix)}) + "\n"
+    if self._remote:
+      self._lines += line
+      self._path.write_text(self._lines)
+    else:
+      with open(self._path, "a") as f:
+        f.write(line)
 
   def close(self) -> None:
     if self.enabled:
       self._tb.close()
-      self._jsonl.close()
 
 
 def _prefixed(scalars, prefix):

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from etils import epath
 from flax import nnx, struct
 
 from phd_jax import config as config_lib
@@ -203,9 +204,8 @@ def train(config, workdir: str) -> dict:
   sharding.check_batch(config, mesh)
   main_process = jax.process_index() == 0
   if main_process:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config_lib.to_json(config))
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    (epath.Path(workdir) / "config.json").write_text(config_lib.to_json(config))
 
   ckpt = checkpoint.Checkpointer(workdir, config)
   batches = data.make_iterator(config, split="train")
