@@ -22,6 +22,11 @@ def make(variant, cfg=CFG, seed=0, **spec_kwargs):
   return Transformer(cfg, parse_variant(variant, **spec_kwargs), rngs=nnx.Rngs(seed))
 
 
+@nnx.jit
+def forward(model, toks, segment_ids=None, positions=None):
+  return model(toks, segment_ids, positions)
+
+
 def tokens(B=2, T=11, seed=1, vocab=CFG.vocab_size):
   return jax.random.randint(jax.random.key(seed), (B, T), 0, vocab)
 
@@ -108,6 +113,7 @@ def test_originals_are_the_vanilla_model(variant):
                              rtol=1e-5, atol=1e-5)
 
 
+@nnx.jit
 def run_blocks(model, x_BTKD):
   T = x_BTKD.shape[1]
   positions = jnp.broadcast_to(jnp.arange(T), x_BTKD.shape[:2])
@@ -133,7 +139,7 @@ def test_causal(variant, positions):
   model = make(variant, positions=positions)
   toks = tokens(B=1, T=12)
   changed = toks.at[:, 7:].set((toks[:, 7:] + 5) % CFG.vocab_size)
-  a, b = np.asarray(model(toks)), np.asarray(model(changed))
+  a, b = np.asarray(forward(model, toks)), np.asarray(forward(model, changed))
   np.testing.assert_allclose(a[:, :7], b[:, :7], rtol=1e-5, atol=1e-5)
   assert not np.allclose(a[:, 7:], b[:, 7:])
 
@@ -146,8 +152,8 @@ def test_packed_documents_equal_each_document_alone(variant):
   packed = jnp.concatenate(docs, axis=1)
   seg = jnp.concatenate([jnp.full((1, n), i + 1) for i, n in enumerate(lengths)], axis=1)
   pos = jnp.concatenate([jnp.arange(n)[None] for n in lengths], axis=1)
-  got = np.asarray(model(packed, seg, pos))
-  alone = np.concatenate([np.asarray(model(d)) for d in docs], axis=1)
+  got = np.asarray(forward(model, packed, seg, pos))
+  alone = np.concatenate([np.asarray(forward(model, d)) for d in docs], axis=1)
   np.testing.assert_allclose(got, alone, rtol=1e-5, atol=1e-5)
 
 
@@ -169,7 +175,7 @@ def test_gradients_finite_and_nonzero(variant, tie):
   def loss_fn(m):
     return next_token_loss(m(toks), toks)[0]
 
-  grads = nnx.grad(loss_fn)(model)
+  grads = nnx.jit(nnx.grad(loss_fn))(model)
   for path, g in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(grads)):
     g = np.asarray(g)
     assert np.isfinite(g).all(), path
