@@ -1,7 +1,6 @@
 """The batched scorer against a brute-force per-request forward of the model."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx

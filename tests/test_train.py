@@ -8,7 +8,6 @@ import os
 import jax
 import numpy as np
 import pytest
-from flax import nnx
 
 from configs import base
 from phd_jax import checkpoint, data, sharding, train
