@@ -114,6 +114,29 @@ def _array_module(*arrays):
   return jnp if any(isinstance(a, jax.Array) for a in arrays) else np
 
 
+def visible(spec: PHDSpec, q_pos, q_copy, k_pos, k_copy, q_chunk_pos=None, k_chunk_pos=None):
+  """Whether copy `q_copy` of the token at `q_pos` may attend to copy `k_copy` at `k_pos`.
+
+  The rules of the module docstring, for arrays that broadcast against each other
+  (numpy or jax). `*_pos` order the tokens within one document; chunks are taken from
+  `*_chunk_pos` (in-document positions), which default to `*_pos`. Segments are the
+  caller's business. `phd_mask` and cached decoding both evaluate exactly this rule.
+  """
+  allowed = ((k_copy == 0) & (k_pos < q_pos)) | ((k_pos == q_pos) & (k_copy <= q_copy))
+  if spec.window:
+    if spec.window_unit == "tokens":  # distance in the hidden stream
+      dist = (q_pos - k_pos) * (spec.k - 1) + (q_copy - k_copy)
+    else:  # whole earlier tokens; the same token is R2's
+      dist = q_pos - k_pos
+    in_window = (q_copy > 0) & (k_copy > 0) & (k_pos < q_pos) & (dist > 0) & (dist <= spec.window)
+    if spec.chunk is not None:
+      q_chunk_pos = q_pos if q_chunk_pos is None else q_chunk_pos
+      k_chunk_pos = k_pos if k_chunk_pos is None else k_chunk_pos
+      in_window = in_window & (q_chunk_pos // spec.chunk == k_chunk_pos // spec.chunk)
+    allowed = allowed | in_window
+  return allowed
+
+
 def phd_mask(num_tokens: int, k: int, window: int = 0, chunk: int | None = None,
              window_unit: str = "tokens", segment_ids=None, positions=None):
   """Boolean mask `[..., k*T, k*T]` over the interleaved copies (see module docstring).
@@ -121,27 +144,14 @@ def phd_mask(num_tokens: int, k: int, window: int = 0, chunk: int | None = None,
   segment_ids, positions: `[T]` or `[B, T]` (numpy or jax, traced is fine). Positions
   default to 0..T-1 and only matter for CSWA chunks. Returns numpy for numpy inputs.
   """
-  PHDSpec(k=k, window=window, chunk=chunk, window_unit=window_unit)  # validates
+  spec = PHDSpec(k=k, window=window, chunk=chunk, window_unit=window_unit)  # validates
   xp = _array_module(segment_ids, positions)
-  n = num_tokens * k
-  idx = xp.arange(n)
+  idx = xp.arange(num_tokens * k)
   tok, copy = idx // k, idx % k  # token and copy of each row/column
-  q_tok, q_copy = tok[:, None], copy[:, None]
-  k_tok, k_copy = tok[None, :], copy[None, :]
-  allowed = ((k_copy == 0) & (k_tok < q_tok)) | ((k_tok == q_tok) & (k_copy <= q_copy))
-  if window > 0:
-    hidden_pair = (q_copy > 0) & (k_copy > 0)
-    if window_unit == "tokens":
-      dist = (q_tok - k_tok) * (k - 1) + (q_copy - k_copy)  # distance in the hidden stream
-    else:
-      dist = (q_tok - k_tok) * (k_tok < q_tok)  # whole earlier tokens; same token is R2's
-    in_window = hidden_pair & (k_tok < q_tok) & (dist > 0) & (dist <= window)
-    if chunk is not None:
-      pos = xp.arange(num_tokens) if positions is None else positions
-      chunk_of_copy = xp.repeat(pos // chunk, k, axis=-1)  # [..., n]
-      same_chunk = chunk_of_copy[..., :, None] == chunk_of_copy[..., None, :]
-      in_window = in_window & same_chunk
-    allowed = allowed | in_window
+  chunk_pos = None if positions is None else xp.repeat(positions, k, axis=-1)
+  allowed = visible(spec, tok[:, None], copy[:, None], tok[None, :], copy[None, :],
+                    None if chunk_pos is None else chunk_pos[..., :, None],
+                    None if chunk_pos is None else chunk_pos[..., None, :])
   if segment_ids is not None:
     seg = xp.repeat(segment_ids, k, axis=-1)
     allowed = allowed & (seg[..., :, None] == seg[..., None, :])

@@ -10,8 +10,7 @@ from configs import tiny
 from phd_jax import checkpoint, data, decode, generate
 from phd_jax import config as config_lib
 from phd_jax.decode import engine
-from phd_jax.decode.attend import visible
-from phd_jax.masks import parse_variant, spec_mask
+from phd_jax.masks import parse_variant
 from phd_jax.model import Attention, ModelConfig, Transformer
 
 CFG = ModelConfig(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -77,18 +76,6 @@ def test_prefill_and_steps_equal_training_forward(variant, window_unit, position
   for row, n in enumerate(prompt_lengths):
     np.testing.assert_allclose(got_BSV[row], want_BTV[row, n - 1:n + steps], atol=1e-5,
                                rtol=1e-5)
-
-
-@pytest.mark.parametrize("variant,window_unit", [
-    ("Vanilla", "tokens"), ("PHD-4", "tokens"), ("PHD-SWA-3-4-inf", "tokens"),
-    ("PHD-SWA-3-3-inf", "positions"), ("PHD-CSWA-4-5-3", "tokens"),
-    ("PHD-CSWA-3-2-4", "positions"), ("PHD-CSWA-2-1-1", "tokens")])
-def test_pairwise_rule_equals_training_mask(variant, window_unit):
-  spec = parse_variant(variant, window_unit=window_unit)
-  tokens, k = 11, spec.k
-  pos, copy = np.arange(tokens * k) // k, np.arange(tokens * k) % k
-  got = visible(spec, pos[:, None], copy[:, None], pos[None, :], copy[None, :])
-  np.testing.assert_array_equal(got, spec_mask(spec, tokens))
 
 
 def hidden_copy_positions(monkeypatch, model, prompt):

@@ -1,9 +1,8 @@
 """Attention of new tokens' copies over a cache: the PHD rules on (position, copy) pairs.
 
-The training mask (`masks.phd_mask`) is laid out over one contiguous interleaved sequence.
-Here keys come from three places (cached originals, the hidden window, the new tokens'
-own copies), so the same rules are evaluated pairwise from each key's token position and
-copy index; `tests/test_decode.py` checks the two forms agree on whole sequences.
+Keys come from three places (cached originals, the hidden window, the new tokens' own
+copies), so the rule of `masks.visible`, which also builds the training mask, is evaluated
+from each key's token position and copy index.
 """
 
 from __future__ import annotations
@@ -14,25 +13,7 @@ import jax.numpy as jnp
 
 from phd_jax.attention.band import MASKED
 from phd_jax.decode.cache import Cache
-from phd_jax.masks import PHDSpec
-
-
-def visible(spec: PHDSpec, q_pos, q_copy, k_pos, k_copy):
-  """Whether copy `q_copy` of the token at `q_pos` may attend to copy `k_copy` at `k_pos`.
-
-  Arguments broadcast against each other; positions are in-document token positions.
-  """
-  allowed = ((k_copy == 0) & (k_pos < q_pos)) | ((k_pos == q_pos) & (k_copy <= q_copy))
-  if spec.window:
-    if spec.window_unit == "tokens":  # distance in the hidden stream
-      dist = (q_pos - k_pos) * (spec.k - 1) + (q_copy - k_copy)
-    else:
-      dist = q_pos - k_pos
-    in_window = (q_copy > 0) & (k_copy > 0) & (k_pos < q_pos) & (dist > 0) & (dist <= spec.window)
-    if spec.chunk is not None:  # CSWA: as if the window were emptied at each chunk start
-      in_window &= (q_pos // spec.chunk) == (k_pos // spec.chunk)
-    allowed |= in_window
-  return allowed
+from phd_jax.masks import PHDSpec, visible
 
 
 def cached_masks(spec: PHDSpec, cache: Cache, start, limit: int, positions_BN, real_BN,
