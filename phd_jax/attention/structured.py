@@ -3,7 +3,7 @@
 Keys come in two kinds. The T originals are seen by all K*T queries, causally by token: one
 causal attention with the K copies folded into the query heads. The hidden copies are
 seen only by hidden queries, and only within the small `HiddenBand` (own token, window,
-chunk). Both sets of scores share ONE softmax (a joint max and sum), so the result is the
+chunk). Both sets of scores share ONE softmax (a joint log-sum-exp), so the result is the
 reference's up to rounding; no (K*T)^2 mask is ever built.
 
 Long sequences run in query blocks (`block_size` tokens, at most MAX_BLOCKS of them): block
@@ -56,7 +56,8 @@ def _query_block(spec: PHDSpec, start: int, stop: int, q_BTKGRD, k_BTKGD, v_BTKG
     mask = mask & (segment_ids_BT[:, start:stop, None] == segment_ids_BT[:, None, :stop])
   s_orig = jnp.where(mask[:, None, :, None, None, :], s_orig, MASKED)
   if spec.k == 1:
-    p_orig = jnp.exp(s_orig - jax.nn.logsumexp(s_orig, axis=-1, keepdims=True))  # see above
+    # through the log-sum-exp, as joint_softmax
+    p_orig = jnp.exp(s_orig - jax.nn.logsumexp(s_orig, axis=-1, keepdims=True))
     return jnp.einsum("bgqkrs,bsgd->bqkgrd", p_orig.astype(v0.dtype), v0)
   band = HiddenBand(spec, T, segment_ids_BT, positions_BT)
   s_hidden = band.scores(q[:, :, 1:], k_BTKGD[:, :, 1:], start, stop)
