@@ -142,8 +142,7 @@ def test_splash_under_mesh_matches_dense():
 
 
 def test_joint_softmax_is_softmax_of_concatenation():
-  a, b = jax.random.normal(jax.random.key(0), (2, 3, 7)), jax.random.normal(jax.random.key(1), (2, 3, 4))
-  w = jax.random.normal(jax.random.key(2), (2, 3, 11))
+  a, b, w = (jax.random.normal(jax.random.key(i), (2, 3, n)) for i, n in enumerate((7, 4, 11)))
   joint = lambda a, b: (jnp.concatenate(joint_softmax(a, b), -1) * w).sum()
   reference = lambda a, b: (jax.nn.softmax(jnp.concatenate([a, b], -1)) * w).sum()
   grads = jax.jit(lambda a, b: (jax.grad(joint, (0, 1))(a, b), jax.grad(reference, (0, 1))(a, b)))
