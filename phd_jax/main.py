@@ -16,7 +16,7 @@ import os
 import sys
 
 import jax
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from phd_jax import config as config_lib
@@ -67,6 +67,8 @@ def _dry_run(config) -> None:
 
 def main(argv) -> None:
   del argv
+  if not FLAGS["verbosity"].present:  # Orbax logs every save step at INFO; -v 0 shows it
+    logging.set_verbosity(logging.WARNING)
   _initialize_distributed()
   config = FLAGS.config
   if FLAGS.dry_run:
