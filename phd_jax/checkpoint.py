@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import platform
 import time
 
@@ -41,6 +42,11 @@ CORRUPT_SUFFIX = ".corrupt"
 _UNRECORDED = {COMMIT_FILE, "_CHECKPOINT_METADATA", INTEGRITY_FILE}
 _VERSIONED_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "grain",
                        "phd_jax")
+
+
+def _path(path) -> epath.Path:
+  """Orbax wants absolute local paths; remote ones (gs://...) are taken as they are."""
+  return epath.Path(path if "://" in str(path) else os.path.abspath(path))
 
 
 def validate_options(config) -> None:
@@ -208,7 +214,7 @@ class Checkpointer:
 
   def __init__(self, workdir, config):
     validate_options(config)
-    self.directory = epath.Path(workdir) / "checkpoints"
+    self.directory = _path(workdir) / "checkpoints"
     self._config = config
     self._async = config.checkpoint.async_save
     self._warned: set[str] = set()
@@ -340,7 +346,7 @@ def _check_data_file(folder: epath.Path) -> None:
 def resolve(path) -> epath.Path:
   """The complete checkpoint folder `path` names: a step folder or export itself, else the
   newest complete step of a checkpoints directory or of a workdir's `checkpoints/`."""
-  path = epath.Path(path)
+  path = _path(path)
   if not path.exists():
     raise ValueError(f"checkpoint path {path} does not exist")
   if (path / PARAMS).exists():
@@ -383,7 +389,7 @@ def load_config(path) -> ml_collections.ConfigDict:
 
 def export_params(path, params, config) -> epath.Path:
   """Write params, config and meta (no optimizer state) to the new folder `path`."""
-  path = epath.Path(path)
+  path = _path(path)
   if path.exists():
     raise ValueError(f"export path {path} already exists")
   checkpointer = ocp.AsyncCheckpointer(

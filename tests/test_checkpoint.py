@@ -231,13 +231,15 @@ def test_params_export_loads_into_a_fresh_model(tmp_path):
     checkpoint.export_params(tmp_path / "export", params, config)
 
 
-def test_warm_start_accepts_workdir_checkpoints_dir_and_step_folder(tmp_path):
+def test_warm_start_accepts_workdir_checkpoints_dir_and_step_folder(tmp_path, monkeypatch):
   config = _config()
   mesh = _mesh((8, 1, 1))
   _saved(tmp_path, config, [2, 4], mesh)
   abstract = _abstract(_state(config, mesh), _mesh((2, 2, 2))).params
+  monkeypatch.chdir(tmp_path.parent)  # relative paths too, as typed on a command line
   for path, step in [(tmp_path, 4), (tmp_path / "checkpoints", 4),
-                     (tmp_path / "checkpoints" / "2", 2)]:
+                     (tmp_path / "checkpoints" / "2", 2),
+                     (os.path.join(tmp_path.name, "checkpoints", "2"), 2)]:
     _assert_same(checkpoint.load_params(path, abstract), _host(_state(config, mesh, step).params))
   (tmp_path / "empty").mkdir()
   with pytest.raises(ValueError, match="holds no complete checkpoint"):
