@@ -90,8 +90,10 @@ class Writer:
       self._tb = SummaryWriter(logdir=workdir)
       self._path = epath.Path(workdir) / "metrics.jsonl"
       self._path.parent.mkdir(parents=True, exist_ok=True)
+      if not self._path.exists():
+        self._path.write_text("")
       self._remote = "://" in workdir
-      self._lines = self._path.read_text() if self._remote and self._path.exists() else ""
+      self._lines = self._path.read_text() if self._remote else ""
 
   def write(self, step: int, scalars: dict, prefix: str = "train") -> None:
     if not self.enabled:
