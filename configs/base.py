@@ -47,6 +47,9 @@ def get_config(variant=None):
   c.log_every = 50
   c.eval_every = 1000  # validation loss every N steps (0 = never)
   c.eval_batches = 8
+  c.eval_tasks = ""  # zero-shot tasks also scored at each eval, e.g. "hellaswag,arc_easy"
+  c.eval_limit = 200  # ... on the first N examples of each
+  c.eval_data_dir = "eval_data"  # <task>/<task>.jsonl files (README: Evaluation)
   c.profile_steps = ""  # e.g. "10:15" traces steps 10..14 with jax.profiler
 
   c.optim = ml_collections.ConfigDict()

@@ -185,10 +185,24 @@ def _restore_or_init(config, mesh, ckpt, batches):
   return gdef, state
 
 
-def _evaluate(config, mesh, gdef, params) -> dict:
+def _in_loop_tasks(config) -> tuple[str, ...]:
+  """"loss" plus `config.eval_tasks`, whose files are checked at startup, not at step N."""
+  from phd_jax.eval.tasks import load_task
+  names = tuple(t.strip() for t in config.eval_tasks.split(",") if t.strip())
+  for name in names:
+    try:
+      load_task(config.eval_data_dir, name, limit=1)
+    except ValueError as e:
+      raise ValueError(f"eval_tasks={config.eval_tasks!r}, eval_data_dir="
+                       f"{config.eval_data_dir!r}: {e}") from None
+  return ("loss",) + names
+
+
+def _evaluate(config, mesh, gdef, params, tasks) -> dict:
   # Imported here: the evaluation CLI builds its models through this module.
   from phd_jax import evaluate
-  metrics = evaluate.in_loop(nnx.merge(gdef, params), config, mesh)
+  metrics = evaluate.in_loop(nnx.merge(gdef, params), config, mesh, tasks=tasks,
+                             limit=config.eval_limit, data_dir=config.eval_data_dir)
   return {name.removeprefix("eval/"): value for name, value in metrics.items()}
 
 
@@ -202,6 +216,7 @@ def train(config, workdir: str) -> dict:
     workdir = os.path.abspath(workdir)
   mesh = sharding.make_mesh(config)
   sharding.check_batch(config, mesh)
+  eval_tasks = _in_loop_tasks(config) if config.eval_every else ()
   main_process = jax.process_index() == 0
   if main_process:
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
@@ -263,7 +278,7 @@ def train(config, workdir: str) -> dict:
       if saving:
         ckpt.save(done, state, batches.get_state(), force=stopping or done == config.num_steps)
       if evaluating:
-        eval_metrics = _evaluate(config, mesh, gdef, state.params)
+        eval_metrics = _evaluate(config, mesh, gdef, state.params, eval_tasks)
         writer.write(done, eval_metrics, prefix="eval")
         logged.update({f"eval_{k}": v for k, v in eval_metrics.items()})
         if main_process:

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from configs import base
-from phd_jax import checkpoint, data, sharding, train
+from eval_helpers import eval_data_dir
+from phd_jax import checkpoint, data, evaluate, sharding, train
 
 # One step on a mesh vs one device: float32 sums in a different order.
 LOSS_RTOL, GRAD_ATOL, PARAM_ATOL = 1e-5, 1e-7, 1e-7
@@ -119,6 +120,30 @@ def test_training_loss_decreases_and_logs(tmp_path):
   assert train_rows[-1]["copies_per_s"] == pytest.approx(2 * train_rows[-1]["tokens_per_s"])
   assert json.load(open(tmp_path / "config.json"))["phd"]["variant"] == config.phd.variant
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path))
+
+
+def test_in_loop_task_scores_are_those_of_the_saved_params(tmp_path):
+  config = small_config(mesh=(8, 1, 1), num_steps=4, eval_every=4, eval_batches=1,
+                        eval_tasks="arc_easy",
+                        eval_limit=6, eval_data_dir=eval_data_dir(tmp_path),
+                        **{"model.vocab_size": 384, "checkpoint.every": 4})
+  train.train(config, str(tmp_path / "run"))
+  logged = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "eval_loss" in r]
+  assert [r["step"] for r in logged] == [4]
+  mesh = sharding.make_mesh(config)
+  params = checkpoint.load_params(tmp_path / "run", train.abstract_state(config, mesh).params)
+  expected = evaluate.in_loop(params, config, mesh, tasks=("loss", "arc_easy"), limit=6,
+                              data_dir=config.eval_data_dir)
+  assert logged[0]["eval_arc_easy"] == pytest.approx(expected["eval/arc_easy"])
+  assert logged[0]["eval_loss"] == pytest.approx(expected["eval/loss"], rel=1e-5)
+
+
+def test_missing_in_loop_task_fails_at_startup(tmp_path):
+  config = small_config(mesh=(8, 1, 1), eval_every=4, eval_tasks="arc_easy",
+                        eval_data_dir=str(tmp_path))
+  with pytest.raises(ValueError, match="eval_tasks='arc_easy'.*no file"):
+    train.train(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_non_finite_loss_stops_at_its_step(tmp_path):
