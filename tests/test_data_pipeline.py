@@ -15,6 +15,7 @@ import tensorflow_datasets as tfds
 from flax import nnx
 
 from configs import tiny
+from data_helpers import assert_batches_equal, take
 from phd_jax import data
 from phd_jax.data import packing, prepare, stdlib_corpus
 from phd_jax.masks import parse_variant
@@ -65,17 +66,6 @@ def _config(corpus, **data_fields):
   return c
 
 
-def _take(it, n):
-  return [next(it) for _ in range(n)]
-
-
-def _assert_equal(a, b):
-  assert len(a) == len(b)
-  for x, y in zip(a, b):
-    for key in ("tokens", "segment_ids", "positions"):
-      np.testing.assert_array_equal(x[key], y[key])
-
-
 def _framed(text):
   return [1] + [b + 3 for b in text.encode("utf-8")] + [2] if text else []
 
@@ -120,7 +110,7 @@ def test_packing_is_exact(corpus):
   c = _config(corpus)
   it = data.make_iterator(c, process_index=0, process_count=1)
   steps = 30  # several epochs of this small corpus
-  batches = _take(it, steps)
+  batches = take(it, steps)
   texts = [r["text"].decode() for r in
            tfds.data_source("tiny_corpus", split="train", data_dir=corpus["data_dir"])]
   order = packing.DocumentOrder(len(texts), c.seed)
@@ -150,10 +140,10 @@ def test_packing_is_exact(corpus):
 
 def test_same_seed_same_batches(corpus):
   c = _config(corpus)
-  a = _take(data.make_iterator(c, process_index=0, process_count=1), 4)
-  _assert_equal(a, _take(data.make_iterator(c, process_index=0, process_count=1), 4))
+  a = take(data.make_iterator(c, process_index=0, process_count=1), 4)
+  assert_batches_equal(a, take(data.make_iterator(c, process_index=0, process_count=1), 4))
   c.seed = 1
-  b = _take(data.make_iterator(c, process_index=0, process_count=1), 4)
+  b = take(data.make_iterator(c, process_index=0, process_count=1), 4)
   assert not all(np.array_equal(x["tokens"], y["tokens"]) for x, y in zip(a, b))
 
 
@@ -161,14 +151,14 @@ def test_same_seed_same_batches(corpus):
 def test_resume_mid_epoch_equals_uninterrupted(corpus, prefetch):
   c = _config(corpus, prefetch=prefetch)
   uninterrupted = data.make_iterator(c, process_index=0, process_count=1)
-  full = _take(uninterrupted, 12)
+  full = take(uninterrupted, 12)
   for stop in (3, 8):  # inside the first epoch and after it
     it = data.make_iterator(c, process_index=0, process_count=1)
-    _take(it, stop)
+    take(it, stop)
     state = json.loads(json.dumps(it.get_state()))
     resumed = data.make_iterator(c, process_index=0, process_count=1)
     resumed.set_state(state)
-    _assert_equal(_take(resumed, 12 - stop), full[stop:])
+    assert_batches_equal(take(resumed, 12 - stop), full[stop:])
     assert resumed.counters() == uninterrupted.counters()
     it.close()
     resumed.close()
@@ -177,7 +167,7 @@ def test_resume_mid_epoch_equals_uninterrupted(corpus, prefetch):
 def test_host_shares_cover_and_host_count_changes(corpus):
   c = _config(corpus)
   c.batch_size = 8
-  full = _take(data.make_iterator(c, process_index=0, process_count=1), 9)
+  full = take(data.make_iterator(c, process_index=0, process_count=1), 9)
   hosts = [data.make_iterator(c, process_index=p, process_count=2) for p in range(2)]
   for step in range(4):
     shares = [next(h) for h in hosts]
@@ -203,7 +193,7 @@ def test_export_gathers_all_processes(corpus, monkeypatch):
   hosts = [data.make_iterator(_config(corpus), process_index=p, process_count=2)
            for p in range(2)]
   for h in hosts:
-    _take(h, 3)
+    take(h, 3)
   hosts[0]._state["counters"]["tokens"] += 2**40  # must survive the int32 halves
   local = [h.get_state() for h in hosts]
   sent = []
@@ -219,10 +209,10 @@ def test_export_gathers_all_processes(corpus, monkeypatch):
 
 def test_workers_match_in_process(corpus):
   c = _config(corpus)
-  expected = _take(data.make_iterator(c, process_index=0, process_count=1), 5)
+  expected = take(data.make_iterator(c, process_index=0, process_count=1), 5)
   c.data.num_workers = 2
   it = data.make_iterator(c, process_index=0, process_count=1)
-  _assert_equal(_take(it, 5), expected)
+  assert_batches_equal(take(it, 5), expected)
   it.close()
 
 

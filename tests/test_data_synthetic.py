@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
+from data_helpers import assert_batches_equal, take
 from phd_jax import data
 from phd_jax.data import synthetic
 
@@ -15,17 +16,6 @@ def _config(**overrides):
   for k, v in overrides.items():
     c[k] = v
   return c
-
-
-def _take(it, n):
-  return [next(it) for _ in range(n)]
-
-
-def _assert_equal(batches_a, batches_b):
-  assert len(batches_a) == len(batches_b)
-  for a, b in zip(batches_a, batches_b):
-    for key in ("tokens", "segment_ids", "positions"):
-      np.testing.assert_array_equal(a[key], b[key])
 
 
 def test_shapes_and_layout():
@@ -61,9 +51,9 @@ def test_follows_the_chain():
 
 def test_same_seed_same_batches_other_seed_differs():
   c = _config()
-  a = _take(data.make_iterator(c, process_index=0, process_count=1), 3)
-  b = _take(data.make_iterator(c, process_index=0, process_count=1), 3)
-  _assert_equal(a, b)
+  a = take(data.make_iterator(c, process_index=0, process_count=1), 3)
+  b = take(data.make_iterator(c, process_index=0, process_count=1), 3)
+  assert_batches_equal(a, b)
   other = next(data.make_iterator(_config(seed=1), process_index=0, process_count=1))
   assert not np.array_equal(other["tokens"], a[0]["tokens"])
   val = next(data.make_iterator(c, split="validation", process_index=0, process_count=1))
@@ -74,21 +64,21 @@ def test_same_seed_same_batches_other_seed_differs():
 def test_resume_equals_uninterrupted(prefetch):
   c = _config()
   c.data.prefetch = prefetch
-  full = _take(data.make_iterator(c, process_index=0, process_count=1), 5)
+  full = take(data.make_iterator(c, process_index=0, process_count=1), 5)
   it = data.make_iterator(c, process_index=0, process_count=1)
-  _take(it, 2)
+  take(it, 2)
   state = it.get_state()
   resumed = data.make_iterator(c, process_index=0, process_count=1)
   resumed.set_state(state)
-  _assert_equal(_take(resumed, 3), full[2:])
+  assert_batches_equal(take(resumed, 3), full[2:])
   it.set_state(state)  # rewinding an iterator that prefetched ahead
-  _assert_equal(_take(it, 3), full[2:])
+  assert_batches_equal(take(it, 3), full[2:])
 
 
 def test_host_shares_disjoint_and_covering():
   """Shares of 1, 2 and 4 processes concatenate to the same global batch (resume too)."""
   c = _config()
-  whole = _take(data.make_iterator(c, process_index=0, process_count=1), 2)
+  whole = take(data.make_iterator(c, process_index=0, process_count=1), 2)
   for count in (2, 4):
     its = [data.make_iterator(c, process_index=i, process_count=count) for i in range(count)]
     for step in range(2):
