@@ -212,8 +212,6 @@ def train(config, workdir: str) -> dict:
   config_lib.validate(config)
   checkpoint.validate_options(config)
   profile = parse_profile_steps(config)
-  if "://" not in workdir:  # Orbax wants absolute local paths; gs:// and the like stay
-    workdir = os.path.abspath(workdir)
   mesh = sharding.make_mesh(config)
   sharding.check_batch(config, mesh)
   eval_tasks = _in_loop_tasks(config) if config.eval_every else ()
