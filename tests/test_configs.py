@@ -63,11 +63,7 @@ def test_phd_adds_no_parameters():
 ])
 def test_bad_fields_are_named(field, value, message):
   cfg = load("tiny")
-  node = cfg
-  *parents, leaf = field.split(".")
-  for part in parents:
-    node = node[part]
-  node[leaf] = value
+  cfg.update_from_flattened_dict({field: value})
   with pytest.raises(ValueError, match=message.replace(".", r"\.")):
     config_lib.validate(cfg)
 

@@ -399,12 +399,7 @@ def test_local_two_processes_train_like_one(tmp_path):
     assert "Connecting to JAX distributed service on localhost:" in log
 
   config = tiny.get_config("PHD-CSWA-2-2-4")
-  for key, value in TINY.items():
-    *parents, leaf = key.split(".")
-    node = config
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  config.update_from_flattened_dict(TINY)
   single = tmp_path / "single"
   train.train(config, str(single))  # this process: 8 fake CPU devices (conftest)
   expected = losses(single)

@@ -25,12 +25,7 @@ def small_config(variant="PHD-CSWA-2-2-4", mesh=(1, 1, 1), **overrides):
   c.optim.update(lr=1e-2, warmup_steps=2)
   c.data.update(source="synthetic", prefetch=0)
   c.mesh.update(data=mesh[0], fsdp=mesh[1], tensor=mesh[2])
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  c.update_from_flattened_dict(overrides)
   return c
 
 
