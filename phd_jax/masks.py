@@ -120,7 +120,8 @@ def visible(spec: PHDSpec, q_pos, q_copy, k_pos, k_copy, q_chunk_pos=None, k_chu
   The rules of the module docstring, for arrays that broadcast against each other
   (numpy or jax). `*_pos` order the tokens within one document; chunks are taken from
   `*_chunk_pos` (in-document positions), which default to `*_pos`. Segments are the
-  caller's business. `phd_mask` and cached decoding both evaluate exactly this rule.
+  caller's business. `phd_mask`, the structured hidden band and cached decoding all
+  evaluate exactly this rule.
   """
   allowed = ((k_copy == 0) & (k_pos < q_pos)) | ((k_pos == q_pos) & (k_copy <= q_copy))
   if spec.window:
@@ -162,11 +163,6 @@ def spec_mask(spec: PHDSpec, num_tokens: int, segment_ids=None, positions=None):
   """`phd_mask` for a `PHDSpec`."""
   return phd_mask(num_tokens, spec.k, spec.window, spec.chunk, spec.window_unit,
                   segment_ids=segment_ids, positions=positions)
-
-
-def visible_keys_per_query(spec: PHDSpec, num_tokens: int) -> float:
-  """Mean number of keys each of the k*T queries attends to (for FLOP counts)."""
-  return float(np.asarray(spec_mask(spec, num_tokens)).sum()) / (spec.k * num_tokens)
 
 
 def draw(spec: PHDSpec, num_tokens: int, out: str) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from phd_jax.masks import PHDSpec
+from phd_jax.masks import PHDSpec, visible
 
 MASKED = -1e30  # the reference's value, so masked scores agree bit for bit
 
@@ -47,7 +47,7 @@ class HiddenBand:
     self.segment_ids = segment_ids_BT
     if spec.chunk is not None and positions_BT is None:
       positions_BT = jnp.arange(num_tokens)[None]
-    self.chunks = None if spec.chunk is None else positions_BT // spec.chunk
+    self.chunk_positions = None if spec.chunk is None else positions_BT
 
   def _num_blocks(self, start: int, stop: int) -> int:
     return -(-(stop - start) // self.size)
@@ -82,20 +82,13 @@ class HiddenBand:
     k_tok = start - self.halo + block + jnp.arange(self.span)[:, None]
     q_copy = jnp.arange(1, kh + 1)[:, None, None]
     k_copy = jnp.arange(1, kh + 1)
-    allowed = (k_tok == q_tok) & (k_copy <= q_copy)  # R2 among the hidden copies
-    if spec.window:
-      earlier = k_tok < q_tok
-      if spec.window_unit == "tokens":  # distance in the hidden stream
-        near = (q_tok - k_tok) * kh + (q_copy - k_copy) <= spec.window
-      else:
-        near = q_tok - k_tok <= spec.window
-      in_window = earlier & near
-      if self.chunks is not None:
-        q_chunk = self._query_blocks(self.chunks[:, start:stop], start, stop)
-        k_chunk = self._key_blocks(self.chunks, start, stop)
-        in_window = in_window & (q_chunk[..., :, None, None, None] ==
-                                 k_chunk[..., None, None, :, None])
-      allowed = allowed | in_window
+    q_chunk_pos = k_chunk_pos = None
+    if self.chunk_positions is not None:
+      q_chunk_pos = self._query_blocks(self.chunk_positions[:, start:stop], start, stop)
+      k_chunk_pos = self._key_blocks(self.chunk_positions, start, stop)
+      q_chunk_pos = q_chunk_pos[..., :, None, None, None]
+      k_chunk_pos = k_chunk_pos[..., None, None, :, None]
+    allowed = visible(spec, q_tok, q_copy, k_tok, k_copy, q_chunk_pos, k_chunk_pos)
     allowed = allowed & (k_tok >= 0) & (k_tok < self.num_tokens)
     if self.segment_ids is not None:
       q_seg = self._query_blocks(self.segment_ids[:, start:stop], start, stop)
