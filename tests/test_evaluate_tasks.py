@@ -95,3 +95,20 @@ def test_missing_task_file_and_unknown_task(tmp_path):
     load_task(str(tmp_path), "hellaswag")
   with pytest.raises(ValueError, match="unknown task 'boolq'"):
     load_task(str(tmp_path), "boolq")
+
+
+GOOD = {"id": "0", "context": "c", "choices": [" a", " b"], "label": 0}
+
+
+def test_the_whole_file_is_checked_when_one_example_is_asked_for(tmp_path):
+  write_task(tmp_path, "piqa", [GOOD, GOOD, {**GOOD, "label": 5}])
+  with pytest.raises(ValueError, match=r"piqa.jsonl:3: label 5"):
+    load_task(str(tmp_path), "piqa", limit=1)
+
+
+def test_invalid_utf8_names_file_and_line(tmp_path):
+  write_task(tmp_path, "piqa", [GOOD])
+  path = tmp_path / "piqa" / "piqa.jsonl"
+  path.write_bytes(path.read_bytes() + b'{"id": "\xff"}\n')
+  with pytest.raises(ValueError, match=r"piqa.jsonl:2: invalid UTF-8 at byte 8"):
+    load_task(str(tmp_path), "piqa", limit=1)

@@ -83,21 +83,27 @@ def _check_record(record, where: str, partial: bool) -> Example:
 
 
 def load_task(data_dir: str, name: str, limit: int | None = None) -> list[Example]:
-  """The first `limit` (all if None) examples of a task, checked field by field."""
+  """The first `limit` (all if None) examples of a task. Every line of the file is checked
+  (UTF-8, JSON, fields, label range) whatever `limit` is, so the startup checks that read
+  one example still find a bad record on the last line before a model is loaded."""
   if name not in TASKS:
     raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
   path = task_path(data_dir, name)
   if not os.path.isfile(path):
     raise ValueError(f"task {name!r}: no file {path}; pass --data_dir pointing at a "
-                     "directory with <task>/<task>.jsonl files (see the README)")
+                     "directory with <task>/<task>.jsonl files, e.g. one written by "
+                     "`python -m phd_jax.eval.fetch --out=DIR` (see the README)")
   examples = []
-  with open(path, encoding="utf-8") as f:
-    for line_number, line in enumerate(f, 1):
-      if limit is not None and len(examples) >= limit:
-        break
+  with open(path, "rb") as f:
+    for line_number, data in enumerate(f, 1):
+      where = f"{path}:{line_number}"
+      try:
+        line = data.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise ValueError(f"{where}: invalid UTF-8 at byte {e.start} of the line "
+                         f"({data[e.start:e.start + 4]!r})") from None
       if not line.strip():
         continue
-      where = f"{path}:{line_number}"
       try:
         record = json.loads(line)
       except json.JSONDecodeError as e:
@@ -105,7 +111,7 @@ def load_task(data_dir: str, name: str, limit: int | None = None) -> list[Exampl
       examples.append(_check_record(record, where, TASKS[name].partial))
   if not examples:
     raise ValueError(f"task {name!r}: {path} holds no examples")
-  return examples
+  return examples[:limit]
 
 
 def stderr_of_mean(values) -> float:
