@@ -6,8 +6,11 @@
 
 then train with `--config.data.source=tfds --config.data.name=my_corpus
 --config.data.data_dir=/data/tfds`. Every `.jsonl` line and parquet row is a document (its
-`--text_field`); any other file is one document. Invalid UTF-8 is replaced (U+FFFD), and
-empty documents are kept (the pipeline skips and counts them). Without `--validation`,
+`--text_field`); any other file is one document. Invalid UTF-8 is replaced (U+FFFD), a
+null text is an empty document, and empty documents are kept (the pipeline skips and counts
+them). JSONL lines that are not JSON, not an object, whose text is not a string (a number,
+list, object) or holds a lone surrogate are skipped and counted by kind; the summary at the
+end names the first few by file:line. Without `--validation`,
 `--validation_percent` of the documents, chosen by a hash of their key (file path relative to
 the glob's directory, and line or row), form the validation split. Writing needs no TensorFlow: tfds serialises the examples
 itself and writes them with array_record.
@@ -15,6 +18,7 @@ itself and writes them with array_record.
 
 from __future__ import annotations
 
+import collections
 import glob
 import json
 import os
@@ -25,6 +29,11 @@ import zlib
 import tensorflow_datasets as tfds
 
 FEATURES = ("text", "source")  # the document, and where it came from (file[:line])
+MAX_NAMED = 5  # bad records named in the summary, per split
+
+
+class Rejected(collections.namedtuple("Rejected", "kind where reason")):
+  """A JSONL line that is not a document: skipped and counted by `kind`."""
 
 
 def holdout_split(key: str, validation_percent: float) -> str:
@@ -41,24 +50,49 @@ def _decode(data: bytes, stats: dict) -> str:
     return data.decode("utf-8", errors="replace")
 
 
+def _jsonl_text(line: str, text_field: str, where: str):
+  """The document of one JSONL line, or why it is not one (`Rejected`)."""
+  try:
+    record = json.loads(line)
+  except json.JSONDecodeError as e:
+    return Rejected("not_json", where, str(e))
+  if not isinstance(record, dict):
+    return Rejected("not_object", where, f"a JSON {type(record).__name__}, not an object")
+  if text_field not in record:
+    raise ValueError(f"{where}: no field {text_field!r}; the record has {sorted(record)}")
+  text = record[text_field]
+  if text is None:
+    return ""
+  if not isinstance(text, str):
+    return Rejected("not_string", where, f"{text_field!r} is a JSON "
+                    f"{type(text).__name__}, not a string")
+  try:
+    text.encode("utf-8")
+  except UnicodeEncodeError as e:
+    return Rejected("lone_surrogate", where, f"{text_field!r} holds a lone surrogate "
+                    f"{text[e.start]!r} at character {e.start}")
+  return text
+
+
 def read_documents(path: str, text_field: str, key: str, stats: dict):
-  """Yields `(key, text)` for every document of one file."""
+  """Yields `(key, text)` for every document of one file; `text` is a `Rejected` for a
+  JSONL line that holds no document."""
   if path.endswith(".jsonl"):
     with open(path, "rb") as f:
       for line_no, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        record = json.loads(_decode(line, stats))
-        if text_field not in record:
-          raise ValueError(f"{path}:{line_no}: no field {text_field!r}; the record has "
-                           f"{sorted(record)}")
-        yield f"{key}:{line_no}", str(record[text_field])
+        if line.strip():
+          yield f"{key}:{line_no}", _jsonl_text(_decode(line, stats), text_field,
+                                                f"{path}:{line_no}")
   elif path.endswith(".parquet"):
+    import pyarrow as pa
     import pyarrow.parquet as pq
     parquet = pq.ParquetFile(path)
     columns = parquet.schema_arrow.names
     if text_field not in columns:
       raise ValueError(f"{path}: no column {text_field!r}; it has {columns}")
+    kind = parquet.schema_arrow.field(text_field).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+      raise ValueError(f"{path}: column {text_field!r} holds {kind}, not strings")
     row = 0
     for batch in parquet.iter_batches(columns=[text_field]):
       for text in batch.column(0).to_pylist():
@@ -98,9 +132,36 @@ class TextFiles(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       for doc_key, text in read_documents(path, self.text_field, key, counts):
         if holdout and holdout_split(doc_key, self.validation_percent) != holdout:
           continue
+        if isinstance(text, Rejected):
+          _count_rejected(counts, text)
+          continue
         counts["documents"] = counts.get("documents", 0) + 1
         counts["empty"] = counts.get("empty", 0) + (not text)
         yield doc_key, {"text": text, "source": doc_key}
+
+
+def _count_rejected(counts: dict, rejected: Rejected) -> None:
+  bad = counts.setdefault("bad", {})
+  bad[rejected.kind] = bad.get(rejected.kind, 0) + 1
+  named = counts.setdefault("bad_named", [])
+  if len(named) < MAX_NAMED:
+    named.append(f"{rejected.where}: {rejected.kind} ({rejected.reason})")
+
+
+def summary(stats: dict) -> list:
+  """Lines saying what was read and which records were skipped, per split."""
+  lines = []
+  for split, counts in stats.items():
+    counts = dict(counts)
+    bad, named = counts.pop("bad", {}), counts.pop("bad_named", [])
+    lines.append(f"  read ({split}): {json.dumps(counts)}")
+    if bad:
+      kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(bad.items()))
+      lines.append(f"  skipped {sum(bad.values())} bad records ({split}): {kinds}")
+      lines += [f"    {line}" for line in named]
+      if sum(bad.values()) > len(named):
+        lines.append(f"    ... and {sum(bad.values()) - len(named)} more")
+  return lines
 
 
 def make_builder(name: str, data_dir: str, inputs: dict, *, text_field: str = "text",
@@ -156,8 +217,7 @@ def main(argv):
   print(f"prepared {path}")
   for split, info in builder.info.splits.items():
     print(f"  {split}: {info.num_examples} documents")
-  for split, counts in builder.stats.items():
-    print(f"  read ({split}): {json.dumps(counts)}")
+  print("\n".join(summary(builder.stats)))
 
 
 def _define_flags():
