@@ -1,12 +1,16 @@
 """prepare: bad JSONL records are skipped and counted by kind and named by file:line, a
-null text is an empty document, non-string texts are refused, never stringified."""
+null text is an empty document, non-string texts are refused, never stringified; trained
+tokenizers survive `--overwrite`."""
+
+import os
+import shutil
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import tensorflow_datasets as tfds
 
-from phd_jax.data import prepare
+from phd_jax.data import prepare, sources, tokenizers, train_tokenizer
 
 # (raw line, the document it holds or the kind of bad record it is)
 LINES = [
@@ -72,3 +76,37 @@ def test_parquet_text_column_must_hold_strings(tmp_path):
   pq.write_table(pa.table({"text": [1, 2]}), tmp_path / "n.parquet")
   with pytest.raises(ValueError, match=r"n.parquet: column 'text' holds int64, not strings"):
     list(prepare.read_documents(str(tmp_path / "n.parquet"), "text", "n", {}))
+
+
+def test_trained_tokenizers_survive_overwrite(tmp_path, capsys):
+  root = tmp_path / "corpus"
+  root.mkdir()
+  texts = [f"document {i}: some words, repeated words\n" * 8 for i in range(30)]
+  for i, text in enumerate(texts):
+    (root / f"{i}.txt").write_text(text)
+  data_dir = str(tmp_path / "tfds")
+
+  def prepared(**kwargs):
+    builder = prepare.make_builder("keep_tok", data_dir, {"train": prepare.expand(
+        [str(root / "*.txt")])}, validation_percent=20)
+    prepare.prepare(builder, progress=False, **kwargs)
+    return builder.data_dir
+
+  dataset_dir = prepared()
+  model = train_tokenizer.train_sentencepiece(
+      texts, train_tokenizer.default_output(dataset_dir, "bpe", 300), vocab_size=300)
+  old = os.path.join(dataset_dir, "tokenizers", "old.model")  # where models used to go
+  os.makedirs(os.path.dirname(old))
+  shutil.copy(model, old)
+  shutil.copy(model + ".sha256", old + ".sha256")
+
+  assert prepared(overwrite=True) == dataset_dir
+  moved = os.path.join(os.path.dirname(model), "old.model")
+  assert f"to {os.path.dirname(moved)}" in capsys.readouterr().out
+  for path in (model, moved):
+    assert tokenizers.SentencePieceTokenizer(path).encode(texts[0])
+  with pytest.raises(ValueError, match=f"no such SentencePiece model file; .* now live beside "
+                     f"its version folder: {moved}"):
+    tokenizers.SentencePieceTokenizer(old)
+  assert sources.available_datasets(data_dir) == ["keep_tok:1.0.0"]
+  assert len(tfds.data_source("keep_tok", split="train", data_dir=data_dir)) > 0

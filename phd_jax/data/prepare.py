@@ -28,6 +28,8 @@ import zlib
 
 import tensorflow_datasets as tfds
 
+from phd_jax.data import tokenizers
+
 FEATURES = ("text", "source")  # the document, and where it came from (file[:line])
 MAX_NAMED = 5  # bad records named in the summary, per split
 
@@ -178,9 +180,26 @@ def make_builder(name: str, data_dir: str, inputs: dict, *, text_field: str = "t
   return cls(data_dir=data_dir, file_format="array_record")
 
 
+def _keep_tokenizers(dataset_dir: str) -> None:
+  """Moves tokenizers trained into the version folder (an earlier layout) to
+  `tokenizers.tokenizer_dir`, before `--overwrite` replaces that folder."""
+  old = os.path.join(dataset_dir, "tokenizers")
+  if not os.path.isdir(old):
+    return
+  new = tokenizers.tokenizer_dir(dataset_dir)
+  os.makedirs(new, exist_ok=True)
+  for name in os.listdir(old):
+    if os.path.exists(os.path.join(new, name)):
+      raise ValueError(f"{old}/{name} would replace {new}/{name}; move one of them away")
+    shutil.move(os.path.join(old, name), new)
+  print(f"moved the tokenizers in {old} to {new}: point data.tokenizer_path there")
+
+
 def prepare(builder, *, overwrite: bool = False, progress: bool = True):
-  """Writes the dataset (unless it exists and not `overwrite`); returns its directory."""
+  """Writes the dataset (unless it exists and not `overwrite`); returns its directory.
+  Tokenizers trained on it live outside the version folder and survive `overwrite`."""
   if overwrite and os.path.isdir(builder.data_dir):
+    _keep_tokenizers(builder.data_dir)
     shutil.rmtree(builder.data_dir)
   if not progress:
     tfds.disable_progress_bar()

@@ -9,7 +9,7 @@ has to be a valid embedding row.
   pad this up, e.g. to 384). No files.
 - "sentencepiece": a model trained by `python -m phd_jax.data.train_tokenizer` with the same
   special ids (0 pad, 1 BOS, 2 EOS, 3 unk) and byte fallback; `<model>.sha256` beside it is
-  checked on load.
+  checked on load. Models trained on a prepared dataset live in `tokenizer_dir(...)`.
 - "hf": a Hugging Face `tokenizer.json`. BOS/EOS are the first of its special tokens found in
   `HF_BOS` / `HF_EOS` (GPT-2/NeoX use `<|endoftext|>` for both); id 0 is used as padding.
 """
@@ -61,11 +61,31 @@ def sha256(path: str) -> str:
   return digest.hexdigest()
 
 
+def tokenizer_dir(dataset_dir: str) -> str:
+  """Where tokenizers trained on a prepared dataset (`<data_dir>/<name>/<version>`) go:
+  `<data_dir>/<name>/tokenizers/<version>`, outside the version folder that
+  `prepare --overwrite` replaces."""
+  parent, version = os.path.split(os.path.normpath(dataset_dir))
+  return os.path.join(parent, "tokenizers", version)
+
+
+def _moved(path: str) -> str:
+  """Where a model once written inside a dataset's version folder
+  (`<name>/<version>/tokenizers/<file>`) is kept now."""
+  folder, file = os.path.split(os.path.normpath(path))
+  version_dir, leaf = os.path.split(folder)
+  return os.path.join(tokenizer_dir(version_dir), file) if leaf == "tokenizers" else ""
+
+
 def _checked_file(path: str, what: str) -> str:
   """The file's sha256, after comparing it with `<path>.sha256` when that exists."""
   if not path:
     raise ValueError(f"data.tokenizer_path must name the {what} file")
   if not os.path.isfile(path):
+    if (moved := _moved(path)) and os.path.isfile(moved):
+      raise ValueError(f"data.tokenizer_path={path!r}: no such {what} file; tokenizers "
+                       f"trained on a prepared dataset now live beside its version folder: "
+                       f"{moved}")
     raise ValueError(f"data.tokenizer_path={path!r}: no such {what} file")
   actual = sha256(path)
   if os.path.isfile(path + ".sha256"):

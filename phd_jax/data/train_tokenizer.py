@@ -1,11 +1,12 @@
-"""Train a SentencePiece tokenizer on the configured corpus and save it next to the data.
+"""Train a SentencePiece tokenizer on the configured corpus and save it beside the data.
 
   python -m phd_jax.data.train_tokenizer --config=configs/tiny.py --vocab_size=1024
 
 reads the train split of `config.data` (stdlib or tfds), trains a byte-fallback model with
 the project's special ids (0 pad, 1 BOS, 2 EOS, 3 unk) and writes
-`<dataset dir>/tokenizers/sp_<type>_<vocab>.model` (or `--output`) with `<model>.sha256`
-beside it, then prints the config overrides that use it. Text is kept verbatim (identity
+`<data_dir>/<name>/tokenizers/<version>/sp_<type>_<vocab>.model` (or `--output`) with
+`<model>.sha256` beside it, then prints the config overrides that use it. The model is kept
+outside the dataset's version folder, so `prepare --overwrite` does not delete it. Text is kept verbatim (identity
 normalisation, whitespace and newlines preserved) so decode(encode(text)) == text.
 """
 
@@ -63,6 +64,11 @@ def corpus_texts(docs, max_documents: int, seed: int = 0):
     yield from docs.texts([order(i) for i in range(start, min(start + 256, count))])
 
 
+def default_output(dataset_dir: str, model_type: str, vocab_size: int) -> str:
+  return os.path.join(tokenizers.tokenizer_dir(dataset_dir),
+                      f"sp_{model_type}_{vocab_size}.model")
+
+
 def main(argv):
   from absl import flags
   from phd_jax.data import sources
@@ -70,8 +76,7 @@ def main(argv):
   f = flags.FLAGS
   config = f.config
   docs = sources.open_documents(config, "train")
-  output = f.output or os.path.join(docs.data_dir, "tokenizers",
-                                    f"sp_{f.model_type}_{f.vocab_size}.model")
+  output = f.output or default_output(docs.data_dir, f.model_type, f.vocab_size)
   train_sentencepiece(corpus_texts(docs, f.max_documents), output, f.vocab_size, f.model_type)
   vocab = int(np.ceil(f.vocab_size / 128) * 128)
   print(f"wrote {output} (+ .sha256); train with\n  --config.data.tokenizer=sentencepiece "
@@ -85,6 +90,6 @@ if __name__ == "__main__":
   flags.DEFINE_integer("vocab_size", 8192, "number of tokenizer ids")
   flags.DEFINE_enum("model_type", "bpe", ["bpe", "unigram"], "SentencePiece model type")
   flags.DEFINE_integer("max_documents", 1_000_000, "train on at most this many documents")
-  flags.DEFINE_string("output", "", "model path (default: next to the dataset)")
+  flags.DEFINE_string("output", "", "model path (default: beside the dataset)")
   flags.mark_flags_as_required(["config"])
   app.run(main)
