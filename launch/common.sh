@@ -125,6 +125,12 @@ default_log_dir() {  # log_dir workdir
   fi
 }
 
+# Warns, without stopping the launch, when the JAX of the interpreter $1 finds no $2 (gpu |
+# tpu) devices, e.g. the CPU-only jax of `make install` on a GPU node.
+check_accelerator() {  # python platform
+  run "$1" "$LAUNCH_DIR/check_accelerator.py" "$2" || true
+}
+
 # The interpreter: $PYTHON, else the repository's .venv, else python3 on PATH.
 default_python() {
   local root=$1

@@ -36,6 +36,7 @@ owning all the node's GPUs (default) or one process per GPU (--per_gpu):
 Rank i logs to <workdir>/logs/rank_<i>.log (appended across requeues), the job itself
 to <workdir>/logs/slurm-<job id>.out. SLURM sends SIGTERM 180 s before the time limit,
 so the trainer stops at a step boundary; rerunning the command resumes from the workdir.
+Before srun it warns (in the job's log) when the interpreter's JAX finds no GPUs.
 
 Options:
   --nodes N            nodes (default: the job's nodes inside a job, else 1)
@@ -145,6 +146,7 @@ cpus=()
 [[ -z ${SLURM_CPUS_ON_NODE:-} ]] || cpus=("--cpus-per-task=$((SLURM_CPUS_ON_NODE / tasks_per_node))")
 
 ((DRY_RUN)) || need_tool srun "to start the processes"
+check_accelerator "$python" gpu  # on the job's first node, before the step starts
 run mkdir -p "$log_dir"
 for assignment in "${exports[@]}"; do
   run export "$assignment"

@@ -15,6 +15,8 @@ Starts N processes of
 on this machine, each with its own devices, waits for all of them, and fails (stopping
 the others) as soon as one fails. Rank 0's output is also shown here; every rank logs to
 <workdir>/logs/rank_<i>.log (appended, so the logs of a resumed run follow the old ones).
+On GPUs and TPUs it first warns when the interpreter's JAX finds no such devices
+(launch/check_accelerator.py), e.g. with the CPU-only jax that \`make install\` sets up.
 
 Options:
   --num_processes N        processes to start (required)
@@ -95,6 +97,7 @@ case $platform in
 esac
 
 python=${python:-$(default_python "$(dirname "$LAUNCH_DIR")")}
+[[ $platform == cpu ]] || check_accelerator "$python" "$platform"
 workdir=$(trainer_flag workdir "${TRAINER_ARGS[@]}")
 log_dir=$(default_log_dir "$log_dir" "$workdir")
 # A port below Linux's ephemeral range on which nothing listens.
@@ -105,18 +108,20 @@ if [[ -z $port ]]; then
   done
 fi
 
-# The environment (KEY=VALUE lines) and the command line (one word a line) of rank $1.
+# The environment (KEY=VALUE words) and the command line of rank $1, NUL-terminated words
+# (an argument may hold a newline).
 rank_env() {
   local rank=$1
   case $platform in
-    cpu) echo JAX_PLATFORMS=cpu; [[ -z ${xla_flags:-} ]] || echo "XLA_FLAGS=$xla_flags" ;;
+    cpu) printf '%s\0' JAX_PLATFORMS=cpu
+         [[ -z ${xla_flags:-} ]] || printf '%s\0' "XLA_FLAGS=$xla_flags" ;;
     gpu) local first=$((rank * devices_per_process))
-         echo "JAX_LOCAL_DEVICE_IDS=$(seq -s , "$first" $((first + devices_per_process - 1)))" ;;
+         printf 'JAX_LOCAL_DEVICE_IDS=%s\0' "$(seq -s , "$first" $((first + devices_per_process - 1)))" ;;
   esac
 }
 rank_cmd() {
   local rank=$1
-  printf '%s\n' "$python" -m phd_jax.main "${TRAINER_ARGS[@]}" \
+  printf '%s\0' "$python" -m phd_jax.main "${TRAINER_ARGS[@]}" \
       "--coordinator=localhost:$port" "--num_processes=$num_processes" "--process_id=$rank"
 }
 
@@ -145,8 +150,8 @@ fi
 log0=$log_dir/rank_0.log
 offset0=$(($(stat -c %s "$log0" 2>/dev/null || echo 0) + 1))  # where this run's output starts
 for ((rank = 0; rank < num_processes; rank++)); do
-  mapfile -t proc_env < <(rank_env "$rank")
-  mapfile -t cmd < <(rank_cmd "$rank")
+  mapfile -d '' -t proc_env < <(rank_env "$rank")
+  mapfile -d '' -t cmd < <(rank_cmd "$rank")
   log=$log_dir/rank_$rank.log
   line="$(quote_words setsid env "${proc_env[@]}" "${cmd[@]}") >> $(quote "$log") 2>&1 &"
   if ((DRY_RUN)); then

@@ -22,7 +22,8 @@ Usage: launch/tpu_worker.sh install [--python_version V] [--dry_run]
            version; skipped when requirements.txt and V are unchanged since the last install
   start    stop any earlier run, then start python -m phd_jax.main in the background, in
            its own session (it survives the ssh connection), logging to
-           ~/phd_jax_run/log (the previous run's log moves to log.prev)
+           ~/phd_jax_run/log (the previous run's log moves to log.prev); warns first when
+           the environment lacks libtpu
   stop     stop the run: SIGTERM to its process group, SIGKILL after 60 s
   logs     follow the run's log until it ends; exit with its exit status
 EOF
@@ -61,6 +62,7 @@ start() {
   check_trainer_args "$@"
   [[ -x $VENV/bin/python ]] || ((DRY_RUN)) || die "no $VENV: run 'install' first"
   ((DRY_RUN)) || stop
+  check_accelerator "$VENV/bin/python" tpu
   run mkdir -p "$RUN_DIR"
   [[ ! -f $RUN_DIR/log ]] || run mv "$RUN_DIR/log" "$RUN_DIR/log.prev"
   run rm -f "$RUN_DIR/status"

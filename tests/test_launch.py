@@ -93,7 +93,8 @@ def test_local_dry_run_gpu_splits_the_visible_gpus():
   out = launch("local.sh", "--num_processes", "2", "--platform", "gpu", "--port", "9000",
                "--log_dir", "/logs", "--dry_run", "--", "--config=c.py", "--workdir=gs://b/w",
                env={"CUDA_VISIBLE_DEVICES": "4,5,6,7"}).stdout
-  assert out.splitlines() == lines("""
+  assert out.splitlines() == lines(f"""
+      python3 {LAUNCH}/check_accelerator.py gpu
       mkdir -p /logs
       setsid env JAX_LOCAL_DEVICE_IDS=0,1 python3 -m phd_jax.main --config=c.py --workdir=gs://b/w --coordinator=localhost:9000 --num_processes=2 --process_id=0 >> /logs/rank_0.log 2>&1 &
       setsid env JAX_LOCAL_DEVICE_IDS=2,3 python3 -m phd_jax.main --config=c.py --workdir=gs://b/w --coordinator=localhost:9000 --num_processes=2 --process_id=1 >> /logs/rank_1.log 2>&1 &
@@ -178,6 +179,45 @@ def test_local_interrupt_stops_every_rank(tmp_path):
     assert (workdir / "logs" / f"rank_{i}.log").read_text().endswith(f"rank {i} stopped\n")
 
 
+def test_local_passes_an_argument_with_a_newline_as_one_word(tmp_path):
+  fake = tmp_path / "fake_python"  # writes its arguments, NUL-terminated
+  fake.write_text('#!/usr/bin/env bash\nprintf "%s\\0" "$@" > "$ARGS_OUT"\n')
+  fake.chmod(0o755)
+  args_out = tmp_path / "args"
+  launch("local.sh", "--num_processes", "1", "--platform", "cpu", "--python", str(fake), "--",
+         "--config=c", f"--workdir={tmp_path / 'w'}", "--config.note=two\nlines",
+         env={"ARGS_OUT": str(args_out)})
+  words = args_out.read_text().split("\0")[:-1]
+  assert words[:5] == ["-m", "phd_jax.main", "--config=c", f"--workdir={tmp_path / 'w'}",
+                       "--config.note=two\nlines"]
+
+
+def test_local_gpu_launch_warns_when_jax_sees_only_cpus(tmp_path):
+  """The pre-flight check runs this repository's (CPU-only) JAX: a warning, not a refusal;
+  the trainer still starts."""
+  python = tmp_path / "python"  # the real interpreter for the check, a stand-in trainer
+  python.write_text(f'#!/usr/bin/env bash\n[[ $1 == *check_accelerator.py ]] && '
+                    f'exec {ROOT / ".venv" / "bin" / "python"} "$@"\necho trainer ran\n')
+  python.chmod(0o755)
+  proc = launch("local.sh", "--num_processes", "1", "--platform", "gpu", "--python",
+                str(python), "--", "--config=c", f"--workdir={tmp_path / 'w'}",
+                env={"CUDA_VISIBLE_DEVICES": "0"})
+  assert "WARNING: this launch expects gpu devices, but the JAX of " in proc.stderr
+  assert "finds cpu (1 devices): the run would train on CPU" in proc.stderr
+  assert "pip install 'jax[cuda12]==" in proc.stderr
+  assert "trainer ran" in (tmp_path / "w" / "logs" / "rank_0.log").read_text()
+
+
+def test_accelerator_check_is_silent_when_jax_finds_the_platform():
+  python = str(ROOT / ".venv" / "bin" / "python")
+  for platform, warns in (("cpu", False), ("tpu", True)):
+    proc = subprocess.run([python, str(LAUNCH / "check_accelerator.py"), platform],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 0 and proc.stdout == ""
+    assert ("finds no libtpu (jax[tpu] missing)" in proc.stderr) == warns, proc.stderr
+
+
 # ---------------------------------------------------------------- gpu_slurm.sh
 
 def test_slurm_dry_run_outside_a_job_submits_itself():
@@ -201,7 +241,8 @@ SLURM_JOB = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "gpu[017-018,020],log
 def test_slurm_dry_run_in_a_job_one_process_per_node():
   out = launch("gpu_slurm.sh", "--dry_run", "--", "--config=configs/olmo2_1b.py",
                "--workdir=/shared/run", env=SLURM_JOB).stdout
-  assert out.splitlines() == lines("""
+  assert out.splitlines() == lines(f"""
+      python3 {LAUNCH}/check_accelerator.py gpu
       mkdir -p /shared/run/logs
       export XLA_FLAGS=--xla_gpu_enable_latency_hiding_scheduler=true
       export XLA_PYTHON_CLIENT_MEM_FRACTION=0.90
@@ -216,7 +257,8 @@ def test_slurm_dry_run_in_a_job_one_process_per_gpu_keeps_given_env():
          "XLA_FLAGS": "--xla_dump_to=/tmp/d", "NCCL_DEBUG": "INFO"}
   out = launch("gpu_slurm.sh", "--per_gpu", "--port", "1234", "--log_dir", "/l", "--dry_run",
                "--", "--config=c.py", "--workdir=w", env=env).stdout
-  assert out.splitlines() == lines("""
+  assert out.splitlines() == lines(f"""
+      python3 {LAUNCH}/check_accelerator.py gpu
       mkdir -p /l
       export 'XLA_FLAGS=--xla_dump_to=/tmp/d --xla_gpu_enable_latency_hiding_scheduler=true'
       export XLA_PYTHON_CLIENT_MEM_FRACTION=0.90
