@@ -165,30 +165,63 @@ def spec_mask(spec: PHDSpec, num_tokens: int, segment_ids=None, positions=None):
                   segment_ids=segment_ids, positions=positions)
 
 
+# What a cell of the picture shows, and its colour.
+CELL_KINDS = (("not visible", "#f4f4f4"), ("original", "#1f4e99"),
+              ("hidden copy of the same token", "#f08c2a"),
+              ("hidden token in the window", "#2ca02c"),
+              ("window cut by a chunk boundary", "#c7e9c0"))
+CHUNK_BOUNDARY = "#d62728"  # colour of the dashed lines where a CSWA chunk starts
+
+
+def cell_kinds(spec: PHDSpec, num_tokens: int) -> np.ndarray:
+  """`[k*T, k*T]` indices into CELL_KINDS: what `draw` colours each (query, key) cell."""
+  k = spec.k
+  mask = np.asarray(spec_mask(spec, num_tokens))
+  unchunked = np.asarray(spec_mask(dataclasses.replace(spec, chunk=None), num_tokens))
+  tok = np.arange(k * num_tokens) // k
+  hidden_key = (np.arange(k * num_tokens) % k > 0)[None, :]
+  earlier_key = tok[None, :] < tok[:, None]
+  kinds = np.where(mask, 1, 0)
+  kinds = np.where(mask & hidden_key, np.where(earlier_key, 3, 2), kinds)
+  return np.where(unchunked & ~mask, 4, kinds)
+
+
 def draw(spec: PHDSpec, num_tokens: int, out: str) -> None:
-  """Save a picture of the mask: originals in dark blue, hidden copies in orange."""
+  """Save a picture of the mask: originals, hidden copies of the same token, hidden tokens
+  reached through the window and (CSWA) the window cut by a chunk boundary in their own
+  colours; each token's block of copies outlined, chunk boundaries dashed."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   from matplotlib.colors import ListedColormap
-  from matplotlib.patches import Rectangle
+  from matplotlib.patches import Patch, Rectangle
 
   k = spec.k
-  mask = np.asarray(spec_mask(spec, num_tokens))
-  is_hidden_key = (np.arange(k * num_tokens) % k > 0)[None, :]
-  picture = np.where(mask, np.where(is_hidden_key, 2, 1), 0)
+  kinds = cell_kinds(spec, num_tokens)
   size = max(4.0, min(12.0, 0.3 * k * num_tokens))
-  fig, ax = plt.subplots(figsize=(size, size))
-  ax.imshow(picture, cmap=ListedColormap(["#f4f4f4", "#1f4e99", "#f08c2a"]), vmin=0, vmax=2)
+  fig, ax = plt.subplots(figsize=(size, size + 1))
+  colours = [colour for _, colour in CELL_KINDS]
+  ax.imshow(kinds, cmap=ListedColormap(colours), vmin=0, vmax=len(colours) - 1)
   for p in range(num_tokens):  # outline each token's block of copies
     ax.add_patch(Rectangle((p * k - 0.5, p * k - 0.5), k, k, fill=False, lw=1.2, ec="black"))
+  for p in range(spec.chunk or num_tokens, num_tokens, spec.chunk or num_tokens):
+    for line in (ax.axhline, ax.axvline):  # the chunk starting at token p
+      line(p * k - 0.5, color=CHUNK_BOUNDARY, lw=2, ls="--")
   ticks = np.arange(k * num_tokens)
   labels = [f"x{t // k + 1}" + ("" if t % k == 0 else "'" * (t % k)) for t in ticks]
   ax.set_xticks(ticks, labels, rotation=90, fontsize=7)
   ax.set_yticks(ticks, labels, fontsize=7)
-  ax.set_xlabel("key (blue: original, orange: hidden decoding copy)")
+  ax.set_xlabel("key")
   ax.set_ylabel("query")
-  ax.set_title(f"{spec.name}, window_unit={spec.window_unit}, {num_tokens} tokens")
+  shown = sorted(set(np.unique(kinds)) - {0})
+  legend = [Patch(color=CELL_KINDS[i][1], label=CELL_KINDS[i][0]) for i in shown]
+  if spec.chunk is not None:
+    legend.append(plt.Line2D([], [], color=CHUNK_BOUNDARY, lw=2, ls="--",
+                             label=f"chunk boundary (every {spec.chunk} tokens)"))
+  ax.legend(handles=legend, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2,
+            fontsize=8, frameon=False)
+  window = f", window W={spec.window} ({spec.window_unit})" if spec.window else ""
+  ax.set_title(f"{spec.name}{window}, {num_tokens} tokens")
   fig.tight_layout()
   fig.savefig(out, dpi=120)
   plt.close(fig)

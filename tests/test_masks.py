@@ -141,7 +141,34 @@ def test_bad_names_raise(name):
     masks.parse_variant(name)
 
 
+@pytest.mark.parametrize("T,K,W,C,unit", [(8, 3, 4, 4, "tokens"), (9, 2, 3, None, "tokens"),
+                                         (9, 4, 2, 3, "positions"), (5, 3, 0, None, "tokens")])
+def test_picture_cells_show_the_window_and_what_chunks_cut(T, K, W, C, unit):
+  spec = masks.PHDSpec(k=K, window=W, chunk=C, window_unit=unit)
+  kinds = masks.cell_kinds(spec, T)
+  allowed, unchunked = brute_force_mask(T, K, W, C, unit), brute_force_mask(T, K, W, None, unit)
+  hidden_key = np.arange(T * K) % K > 0
+  earlier_key = (np.arange(T * K) // K)[None, :] < (np.arange(T * K) // K)[:, None]
+  np.testing.assert_array_equal(kinds > 0, allowed | unchunked)
+  np.testing.assert_array_equal(kinds == 1, allowed & ~hidden_key)
+  np.testing.assert_array_equal(kinds == 3, allowed & hidden_key & earlier_key)
+  np.testing.assert_array_equal(kinds == 4, unchunked & ~allowed)
+  assert (kinds == 3).any() == (W > 0) and (kinds == 4).any() == (C is not None)
+
+
 def test_picture(tmp_path):
-  out = tmp_path / "mask.png"
-  masks.main(["PHD-CSWA-3-4-4", "--tokens", "8", "--out", str(out)])
-  assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  from matplotlib.colors import to_rgb
+  from matplotlib.image import imread
+
+  def colours_in(variant):
+    out = tmp_path / f"{variant}.png"
+    masks.main([variant, "--tokens", "8", "--out", str(out)])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pixels = imread(out)[..., :3]
+    return lambda colour: bool((np.abs(pixels - to_rgb(colour)).max(-1) < 1.5 / 255).any())
+
+  window, cut = masks.CELL_KINDS[3][1], masks.CELL_KINDS[4][1]
+  cswa, swa = colours_in("PHD-CSWA-3-4-4"), colours_in("PHD-SWA-3-4-inf")
+  line = masks.CHUNK_BOUNDARY
+  assert cswa(window) and cswa(cut) and cswa(line)  # window, cut cells, chunk boundaries
+  assert swa(window) and not swa(cut) and not swa(line)
