@@ -22,19 +22,16 @@ Table 2: one model forward+backward (loss and parameter gradients through
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from phd_jax import attention  # noqa: E402
-from phd_jax.loss import next_token_loss  # noqa: E402
-from phd_jax.masks import PHDSpec  # noqa: E402
-from phd_jax.model import ModelConfig, Transformer  # noqa: E402
+from phd_jax import attention
+from phd_jax.loss import next_token_loss
+from phd_jax.masks import PHDSpec
+from phd_jax.model import ModelConfig, Transformer
 
 
 def _ints(text):

@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import tiny  # noqa: E402
-from phd_jax import data  # noqa: E402
-from phd_jax.data import sources, train_tokenizer  # noqa: E402
+from phd_jax import config as config_lib
+from phd_jax import data
+from phd_jax.data import sources, train_tokenizer
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
 def pipeline_tokens_per_s(config, steps: int) -> float:
@@ -39,9 +39,9 @@ def pipeline_tokens_per_s(config, steps: int) -> float:
 
 def train_step_tokens_per_s(config, steps: int) -> float:
   import jax
-  from phd_jax import sharding, train
+  from phd_jax import sharding, state, train
   mesh = sharding.make_mesh(config)
-  gdef, state = train.init_state(config, mesh)
+  gdef, state = state.init_state(config, mesh)
   step = train.make_train_step(config, mesh, gdef)
   it = data.make_iterator(config, process_index=0, process_count=1)
   batches = [train.global_batch(next(it), mesh, config) for _ in range(steps + 2)]
@@ -77,7 +77,7 @@ def main():
   args = parser.parse_args()
 
   def config(source, tokenizer="byte", path=""):
-    c = tiny.get_config()
+    c = config_lib.load_config(os.path.join(CONFIGS, "tiny.py"))
     c.seq_len = args.seq_len or c.seq_len
     c.batch_size = args.batch_size or c.batch_size
     c.data.source, c.data.tokenizer, c.data.tokenizer_path = source, tokenizer, path

@@ -12,30 +12,17 @@ exclude compilation (one warm-up pass of each layout first).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
-import os
-import sys
 import time
 
 import jax
 import numpy as np
-from flax import nnx
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from phd_jax import config as config_lib  # noqa: E402
-from phd_jax import data, evaluate  # noqa: E402
-from phd_jax.eval import packing  # noqa: E402
-from phd_jax.eval.scorer import Scorer, encode_pair  # noqa: E402
-from phd_jax.eval.tasks import TASKS, load_task  # noqa: E402
-from phd_jax.model import Transformer  # noqa: E402
-
-
-def load_config(path: str, variant: str):
-  spec = importlib.util.spec_from_file_location("bench_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+from phd_jax import config as config_lib
+from phd_jax import data, state
+from phd_jax.eval import packing, suite
+from phd_jax.eval.scorer import Scorer, encode_pair
+from phd_jax.eval.tasks import TASKS, load_task
 
 
 def one_per_row(requests, seq_len: int) -> packing.Plan:
@@ -81,19 +68,19 @@ def main(argv=None):
   p.add_argument("--config", default="configs/tiny.py")
   p.add_argument("--variant", default="Vanilla")
   p.add_argument("--checkpoint", help="score with these parameters (and their config)")
-  p.add_argument("--data_dir", default=evaluate.DEFAULT_DATA_DIR)
+  p.add_argument("--data_dir", default=suite.DEFAULT_DATA_DIR)
   p.add_argument("--tasks", default=",".join(TASKS))
   p.add_argument("--limit", type=int, default=64, help="examples per task")
   p.add_argument("--batch_size", type=int, help="rows per batch (default: the microbatch)")
   args = p.parse_args(argv)
 
   if args.checkpoint:
-    model, config, mesh, _ = evaluate.load_model(args.checkpoint)
+    model, config, mesh, _ = state.load_model(args.checkpoint)
+    config_lib.validate(config, training=False)
   else:
-    config = load_config(args.config, args.variant)
-    model = Transformer(config_lib.model_config(config), config_lib.phd_spec(config),
-                        rngs=nnx.Rngs(0))
-    mesh = None
+    config = config_lib.load_config(args.config, args.variant)
+    config_lib.validate(config, training=False)
+    model, mesh = state.new_model(config, seed=0), None
   scorer = Scorer(model, seq_len=config.seq_len, mesh=mesh,
                   batch_size=args.batch_size or config.batch_size // config.microbatches)
   tokenizer = data.make_tokenizer(config)

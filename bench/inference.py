@@ -19,9 +19,7 @@ interleaved with those of the Vanilla it is compared to.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
-import sys
 import time
 
 import jax
@@ -29,19 +27,23 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from phd_jax import attention as attention_lib  # noqa: E402
-from phd_jax import config as config_lib  # noqa: E402
-from phd_jax import decode  # noqa: E402
-from phd_jax.masks import PHDSpec  # noqa: E402
-from phd_jax.model import Transformer  # noqa: E402
+from phd_jax import attention as attention_lib
+from phd_jax import config as config_lib
+from phd_jax import decode
+from phd_jax.masks import PHDSpec
+from phd_jax.model import Transformer
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 WINDOW, CHUNK = 16, 32  # the paper's PHD-CSWA-K-16-32 and PHD-SWA-K-16-∞
 
 
 def load_config(name: str, dtype: str, variant: str = "Vanilla"):
-  config = importlib.import_module(f"configs.{name}").get_config(variant)
+  """configs/NAME.py with random parameters: synthetic data, so no tokenizer is needed."""
+  config = config_lib.load_config(os.path.join(CONFIGS, f"{name}.py"), variant)
   config.model.dtype = dtype
+  config.data.update(source="synthetic", tokenizer="byte")
+  config_lib.validate(config, training=False)
   return config
 
 

@@ -18,21 +18,17 @@ shared.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import time
 
 import jax
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import base  # noqa: E402
-from phd_jax import config as config_lib  # noqa: E402
-from phd_jax import data, metrics, sharding, train  # noqa: E402
+from phd_jax import config as config_lib
+from phd_jax import data, defaults, flops, sharding, state, train
 
 
 def make_config(args, variant: str, seq_len: int):
-  c = base.get_config(variant)
+  c = defaults.get_config(variant)
   c.model.update(vocab_size=args.vocab, d_model=args.d_model, num_layers=args.layers,
                  num_heads=args.heads, num_kv_heads=args.kv_heads, head_dim=args.head_dim,
                  mlp_dim=args.mlp, dtype=args.dtype, remat=args.remat,
@@ -52,7 +48,7 @@ class Runner:
   def __init__(self, config):
     mesh = sharding.make_mesh(config)
     sharding.check_batch(config, mesh)
-    gdef, self.state = train.init_state(config, mesh)
+    gdef, self.state = state.init_state(config, mesh)
     self.train_step = train.make_train_step(config, mesh, gdef)
     self.batch = train.global_batch(next(data.make_iterator(config)), mesh, config)
     self.seconds = []
@@ -99,7 +95,7 @@ def main(argv=None):
   variants = ["Vanilla"] + [v for v in variants if v != "Vanilla"]
 
   devices = jax.devices()
-  peak = metrics.peak_flops(devices[0].device_kind)
+  peak = flops.peak_flops(devices[0].device_kind)
   print(f"train step: {args.layers} layers d={args.d_model} heads {args.heads}/"
         f"{args.kv_heads}x{args.head_dim} mlp {args.mlp} vocab {args.vocab}, batch "
         f"{args.batch}, {args.dtype}, remat {args.remat}, attention {args.impl}, "
@@ -114,12 +110,12 @@ def main(argv=None):
     for config, seconds in zip(configs, times):
       spec = config_lib.phd_spec(config)
       tokens = args.batch * seq_len / seconds
-      flops = args.batch * metrics.flops_per_sequence(config_lib.model_config(config), spec,
-                                                      seq_len) / seconds
-      mfu = f"{flops / (peak * len(devices)):6.1%}" if peak else f"{'-':>6}"
+      flops_per_s = args.batch * flops.flops_per_sequence(config_lib.model_config(config), spec,
+                                                          seq_len) / seconds
+      mfu = f"{flops_per_s / (peak * len(devices)):6.1%}" if peak else f"{'-':>6}"
       print(f"{seq_len:>5} {spec.name:<18} {spec.k:>2} {seconds * 1e3:>9.1f} {tokens:>10,.0f} "
             f"{tokens * spec.k:>10,.0f} {seconds / vanilla:>6.2f} "
-            f"{seconds / (spec.k * vanilla):>7.2f} {flops / 1e12:>8.3f} {mfu}", flush=True)
+            f"{seconds / (spec.k * vanilla):>7.2f} {flops_per_s / 1e12:>8.3f} {mfu}", flush=True)
 
 
 if __name__ == "__main__":

@@ -7,11 +7,11 @@ All values are ours (the paper has no model this small): byte-level tokens, 4 la
 width 128, 256-token sequences, 300 steps (about 5 minutes on 2 CPU cores).
 """
 
-from configs import base
+from phd_jax import defaults
 
 
 def get_config(variant=None):
-  c = base.get_config(variant)
+  c = defaults.get_config(variant)
   c.model.vocab_size = 384  # 256 bytes + special tokens, padded to a multiple of 128
   c.model.d_model = 128
   c.model.num_layers = 4

@@ -49,20 +49,6 @@ def _path(path) -> epath.Path:
   return epath.Path(path if "://" in str(path) else os.path.abspath(path))
 
 
-def validate_options(config) -> None:
-  """ValueError naming the first `checkpoint.*` field that cannot work."""
-  c = config.checkpoint
-  for name, value, low in (("every", c.every, 0), ("keep", c.keep, 1),
-                           ("keep_period", c.keep_period, 0)):
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-      raise ValueError(f"checkpoint.{name} must be an integer >= {low}; got {value!r}")
-  if c.every and c.keep_period % c.every:
-    raise ValueError(f"checkpoint.keep_period={c.keep_period} must be a multiple of "
-                     f"checkpoint.every={c.every}, or it keeps (almost) nothing")
-  if not isinstance(c.async_save, bool):
-    raise ValueError(f"checkpoint.async_save must be a bool; got {c.async_save!r}")
-
-
 # ---------------------------------------------------------------------------------------------
 # Integrity: what makes a folder a complete, readable checkpoint.
 
@@ -213,7 +199,7 @@ class Checkpointer:
   """
 
   def __init__(self, workdir, config):
-    validate_options(config)
+    config_lib.check_checkpoint(config)
     self.directory = _path(workdir) / "checkpoints"
     self._config = config
     self._async = config.checkpoint.async_save

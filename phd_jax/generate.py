@@ -12,13 +12,10 @@ training documents are, `[BOS] + text`, and each continuation ends at EOS or aft
 
 from __future__ import annotations
 
-import jax
-from absl import app, flags
-from flax import nnx
+from absl import app, flags, logging
 
-from phd_jax import checkpoint, data, decode
-from phd_jax import config as config_lib
-from phd_jax.model import Transformer
+from phd_jax import data, decode
+from phd_jax.state import load_model
 
 FLAGS = flags.FLAGS
 
@@ -35,24 +32,11 @@ def define_flags() -> None:
   flags.DEFINE_integer("seed", 0, "PRNG seed of the sampler.")
 
 
-def load_model(path):
-  """The model saved at `path` (workdir, checkpoints dir, step folder or export) and its
-  config."""
-  config = checkpoint.load_config(path)
-  cfg, spec = config_lib.model_config(config), config_lib.phd_spec(config)
-  graphdef, shapes = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, spec,
-                                                                  rngs=nnx.Rngs(0))))
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                          shapes)
-  return nnx.merge(graphdef, checkpoint.load_params(path, abstract)), config
-
-
 def continue_texts(path, prompts: list[str], max_new_tokens: int, **sampling) -> list[str]:
   """The continuation of each text prompt by the checkpoint at `path`."""
   if not prompts or any(not isinstance(p, str) or not p for p in prompts):
     raise ValueError(f"prompts must be non-empty strings; got {prompts!r}")
-  model, config = load_model(path)
+  model, config, _, _ = load_model(path)
   tokenizer = data.make_tokenizer(config)
   ids = [[tokenizer.bos_id] + tokenizer.encode(p) for p in prompts]
   out = decode.generate(model, ids, max_new_tokens, eos_id=tokenizer.eos_id, **sampling)
@@ -61,6 +45,8 @@ def continue_texts(path, prompts: list[str], max_new_tokens: int, **sampling) ->
 
 def main(argv) -> None:
   del argv
+  if not FLAGS["verbosity"].present:  # Orbax logs every restore at INFO; -v 0 shows it
+    logging.set_verbosity(logging.WARNING)
   if (FLAGS.workdir is None) == (FLAGS.checkpoint is None):
     raise app.UsageError("pass exactly one of --workdir and --checkpoint")
   if not FLAGS.prompt:

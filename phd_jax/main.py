@@ -3,16 +3,20 @@
   python -m phd_jax.main --config=configs/tiny.py[:VARIANT] --workdir=DIR [--config.a.b=v]
       [--coordinator=host:port --num_processes=N --process_id=i] [--dry_run]
 
-Several processes: on TPU pods and under SLURM / Open MPI `jax.distributed` finds its
-peers itself; elsewhere pass --coordinator, --num_processes and --process_id.
---dry_run validates the config, builds the mesh and prints the parameter count and the
-per-device memory of parameters + optimizer state, without compiling or training.
+--config is a config file anywhere on disk (`phd_jax.config.load_config`). Several
+processes: on TPU pods and under SLURM / Open MPI `jax.distributed` finds its peers
+itself; elsewhere pass --coordinator, --num_processes and --process_id.
+--dry_run validates the config exactly as training does (fields, mesh, shardings,
+tokenizer and dataset files) and prints the parameter count and the per-device memory of
+parameters + optimizer state, without writing, compiling or training. A bad flag or
+setting exits with status 2 and one line naming it.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 
 import jax
@@ -20,7 +24,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from phd_jax import config as config_lib
-from phd_jax import optim, sharding, train
+from phd_jax import optim, sharding, state, train
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant].",
                                 lock_config=True)
@@ -28,9 +32,55 @@ flags.DEFINE_string("workdir", None, "Logs, checkpoints and config.json go here.
 flags.DEFINE_string("coordinator", None, "host:port of process 0 (multi-process runs).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
-flags.DEFINE_bool("dry_run", False, "Print parameter count and memory estimate; no training.")
-flags.mark_flags_as_required(["config"])
+flags.DEFINE_bool("dry_run", False, "Validate, print parameter count and memory; no training.")
 FLAGS = flags.FLAGS
+
+HELP_FLAGS = ("-h", "--help", "-?", "--helpshort")
+# Set by accelerator launches (our launch scripts, SLURM GPU jobs, TPU VMs): with these
+# set, a CPU-only JAX is an installation problem, not a choice.
+ACCELERATOR_ENV = ("CUDA_VISIBLE_DEVICES", "JAX_LOCAL_DEVICE_IDS", "XLA_PYTHON_CLIENT_MEM_FRACTION",
+                   "SLURM_JOB_GPUS", "SLURM_GPUS_ON_NODE", "TPU_WORKER_HOSTNAMES", "TPU_NAME",
+                   "TPU_ACCELERATOR_TYPE")
+
+
+def usage_error(message: str) -> None:
+  """One line on stderr and exit status 2, as for any command-line usage error."""
+  print(f"phd_jax.main: error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _config_argument(argv) -> str | None:
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      return arg.split("=", 1)[1]
+    if arg == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def _check_config_arguments(argv) -> None:
+  """The config file exists and every --config.a.b override names a field of it: stated in
+  one line (with the closest fields) instead of ml_collections' traceback."""
+  path = _config_argument(argv)
+  if path is None:
+    usage_error("--config=FILE[:VARIANT] is required")
+  config = config_lib.load_config(path)
+  for arg in argv:
+    if match := re.match(r"--?(?:no)?config\.([^=]+)", arg):
+      if message := config_lib.unknown_field_message(config, match[1]):
+        usage_error(f"{arg}: {message}")
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with --help exiting 0 and bad flags as one-line usage errors."""
+  if any(arg in HELP_FLAGS for arg in argv[1:]):
+    app.usage(shorthelp=True, writeto_stdout=True, exitcode=0)
+  try:
+    _check_config_arguments(argv)
+    return FLAGS(argv)
+  except (flags.Error, config_lib.ConfigError) as e:
+    usage_error(str(e))
+
 
 def _launched_processes() -> int:
   """Processes a TPU pod, multislice, SLURM or Open MPI launch started (1 elsewhere): in
@@ -48,17 +98,29 @@ def _initialize_distributed() -> None:
     jax.distributed.initialize()
 
 
-def _dry_run(config) -> None:
-  config_lib.validate(config)
-  mesh = sharding.make_mesh(config)
-  sharding.check_batch(config, mesh)
-  abstract = train.abstract_state(config, mesh)
+def warn_if_cpu_only() -> None:
+  """Warn when the environment asks for an accelerator but JAX found only CPUs (the CPU
+  wheel of jax installed on a GPU/TPU machine trains, just 100x slower)."""
+  expected = [name for name in ACCELERATOR_ENV if os.environ.get(name)]
+  if jax.default_backend() == "cpu" and expected:
+    logging.warning("JAX sees only CPUs although %s %s set: is the CPU-only jax installed? "
+                    "See the README's Install section for jax[cuda12] / jax[tpu].",
+                    ", ".join(expected), "is" if len(expected) == 1 else "are")
+
+
+def describe_devices(mesh) -> str:
+  devices = jax.devices()
+  return (f"jax {jax.default_backend()}: {len(devices)} x {devices[0].device_kind} in "
+          f"{jax.process_count()} process(es); mesh {dict(mesh.shape)}")
+
+
+def _dry_run(config, mesh) -> None:
+  abstract = state.abstract_state(config, mesh)
   per_device = sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
                    for x in jax.tree.leaves(abstract))
   if jax.process_index():
     return
   print(f"variant: {config.phd.variant}")
-  print(f"mesh: {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].device_kind}")
   total, norms = optim.param_counts(abstract.params)
   print(f"parameters: {total}")
   print(f"parameters without norm scales: {total - norms} (norm scales: {norms})")
@@ -69,14 +131,22 @@ def main(argv) -> None:
   del argv
   if not FLAGS["verbosity"].present:  # Orbax logs every save step at INFO; -v 0 shows it
     logging.set_verbosity(logging.WARNING)
+  if not FLAGS.dry_run and not FLAGS.workdir:
+    usage_error("--workdir is required to train")
   _initialize_distributed()
+  warn_if_cpu_only()
   config = FLAGS.config
-  if FLAGS.dry_run:
-    _dry_run(config)
-    return
-  if not FLAGS.workdir:
-    raise app.UsageError("--workdir is required to train")
-  final = train.train(config, FLAGS.workdir)
+  try:
+    config_lib.validate(config)
+    mesh = sharding.make_mesh(config)
+    if jax.process_index() == 0:
+      print(describe_devices(mesh), flush=True)
+    if FLAGS.dry_run:
+      _dry_run(config, mesh)
+      return
+    final = train.train(config, FLAGS.workdir)
+  except config_lib.ConfigError as e:
+    usage_error(str(e))
   if jax.process_index() == 0:
     print(f"done: step {final['step']}, " + ", ".join(
         f"{name} {final[name]:.4f}" for name in ("loss", "eval_loss") if name in final)
@@ -84,6 +154,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  if os.getcwd() not in sys.path:  # config files import `configs.base` from the repo root
-    sys.path.insert(0, os.getcwd())
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -1,11 +1,6 @@
-"""Model FLOPs and MFU, and where training metrics go: TensorBoard, `metrics.jsonl` and a
-console progress line with ETA (process 0 only).
-
-FLOPs are counted analytically the way MFU is usually defined (forward + backward =
-3 x forward, rematerialisation not counted): every copy of every token goes through every
-block (K x the dense matmuls), only the final copy through the output layer, and
-attention costs the (query, key) pairs the variant's mask actually allows, not a dense
-(K*T)^2 square.
+"""Where training metrics go: TensorBoard (scalars and the run's hyperparameters),
+`metrics.jsonl` and a console progress line with throughput, MFU and ETA (process 0 only).
+The FLOP model behind MFU is `phd_jax.flops`.
 """
 
 from __future__ import annotations
@@ -16,64 +11,9 @@ import sys
 import time
 
 import jax
-import numpy as np
 from etils import epath
 
-from phd_jax.masks import PHDSpec, spec_mask
-
-# Dense bfloat16 peak FLOP/s per device (chip for TPU, GPU for GPU), matched as substrings
-# of `device.device_kind`, most specific first.
-PEAK_FLOPS = (
-    ("TPU v6", 918e12),  # v6e (Trillium)
-    ("TPU v5p", 459e12),
-    ("TPU v5 lite", 197e12),  # v5e
-    ("TPU v5e", 197e12),
-    ("TPU v5", 459e12),
-    ("TPU v4", 275e12),
-    ("H200", 989e12),
-    ("H100", 989e12),
-    ("A100", 312e12),
-)
-
-
-def peak_flops(device_kind: str) -> float | None:
-  for name, flops in PEAK_FLOPS:
-    if name.lower() in device_kind.lower():
-      return flops
-  return None
-
-
-def attention_pairs(spec: PHDSpec, num_tokens: int) -> int:
-  """Visible (query, key) pairs of the variant's mask over one sequence of T tokens.
-
-  Row counts of the mask are taken from `spec_mask` on a short prefix; from the token
-  where the sliding window is full onward, token p sees exactly what token p - P sees
-  plus K*P more originals (P = the chunk length, or 1): checked on the prefix itself, then
-  used to extend the count to T without building a (K*T)^2 mask.
-  """
-  period = spec.chunk or 1
-  prefix = min(num_tokens, spec.window + 3 * period + 2)
-  per_token = np.asarray(spec_mask(spec, prefix)).reshape(prefix, spec.k, -1).sum((1, 2))
-  if prefix == num_tokens:
-    return int(per_token.sum())
-  step = per_token[-period:] - per_token[-2 * period:-period]
-  if not np.all(step == step[0]):
-    raise AssertionError(f"{spec.name}: mask rows are not periodic after {prefix} tokens")
-  # token p >= prefix: per_token[r] + step * n, with p = r + n * period, r in the last period
-  p = np.arange(prefix, num_tokens)
-  offset = (p - (prefix - period)) // period
-  base = per_token[prefix - period + (p - (prefix - period)) % period]
-  return int(per_token.sum() + (base + step[0] * offset).sum())
-
-
-def flops_per_sequence(model_cfg, spec: PHDSpec, seq_len: int) -> float:
-  """Training FLOPs (forward + backward) of one sequence of `seq_len` original tokens."""
-  c = model_cfg
-  attn_params = c.d_model * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads)
-  block_params = attn_params + 3 * c.d_model * c.mlp_dim
-  matmul = 2 * (c.num_layers * block_params * spec.k + c.d_model * c.vocab_size) * seq_len
-  attention = 4 * c.num_layers * c.num_heads * c.head_dim * attention_pairs(spec, seq_len)
-  return 3.0 * (matmul + attention)
+from phd_jax.flops import flops_per_sequence, peak_flops
 
 
 class Writer:
@@ -108,6 +48,20 @@ class Writer:
     else:
       with open(self._path, "a") as f:
         f.write(line)
+
+  def write_hparams(self, fields: dict) -> None:
+    """The run's flattened config ({"optim.lr": 4e-4, ...}) as TensorBoard hyperparameters
+    (HPARAMS tab: one row per run, beside its train/loss and eval/loss) and as a text table
+    (TEXT tab)."""
+    if not self.enabled:
+      return
+    from tensorboardX.summary import hparams
+    values = {k: v if isinstance(v, (bool, int, float, str)) else str(v)
+              for k, v in fields.items()}
+    for summary in hparams(values, {"train/loss": None, "eval/loss": None}):
+      self._tb.file_writer.add_summary(summary)
+    table = "\n".join(f"| {k} | {v} |" for k, v in sorted(values.items()))
+    self._tb.add_text("config", "| field | value |\n|---|---|\n" + table)
 
   def close(self) -> None:
     if self.enabled:

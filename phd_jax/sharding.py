@@ -43,13 +43,15 @@ BATCH_AXES = dict(RULES)["activation_batch"]
 REPLICATED_PARAM_LIMIT = 1 << 20  # elements
 
 
-def _resolve_axes(config, num_devices: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-  """(ici, dcn) sizes per axis; the ici -1 is filled from the device count."""
-  dcn = tuple(config.mesh[f"dcn_{a}"] for a in AXES)
+def _resolve_axes(config, num_devices: int,
+                  sizes=None) -> tuple[tuple[int, ...], tuple[int, ...]]:
+  """(ici, dcn) sizes per axis; the ici -1 is filled from the device count. `sizes`
+  replaces the config's (ici) sizes, with no dcn split."""
+  dcn = (1,) * len(AXES) if sizes else tuple(config.mesh[f"dcn_{a}"] for a in AXES)
   for axis, size in zip(AXES, dcn):
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
       raise ValueError(f"mesh.dcn_{axis} must be a positive integer; got {size!r}")
-  ici = [config.mesh[a] for a in AXES]
+  ici = list(sizes) if sizes else [config.mesh[a] for a in AXES]
   for axis, size in zip(AXES, ici):
     if isinstance(size, bool) or not isinstance(size, int) or (size < 1 and size != -1):
       raise ValueError(f"mesh.{axis} must be a positive integer or -1 (fill); got {size!r}")
@@ -73,10 +75,14 @@ def _resolve_axes(config, num_devices: int) -> tuple[tuple[int, ...], tuple[int,
   return tuple(ici), dcn
 
 
-def make_mesh(config, devices=None) -> Mesh:
-  """The ("data", "fsdp", "tensor") mesh over `devices` (default: all), Auto axis types."""
+def make_mesh(config, devices=None, sizes=None) -> Mesh:
+  """The ("data", "fsdp", "tensor") mesh over `devices` (default: all), Auto axis types.
+
+  sizes: (data, fsdp, tensor) instead of the config's `mesh.*` (e.g. evaluating a saved
+  run on other hardware), -1 filling.
+  """
   devices = list(devices or jax.devices())
-  ici, dcn = _resolve_axes(config, len(devices))
+  ici, dcn = _resolve_axes(config, len(devices), sizes)
   axis_types = (AxisType.Auto,) * len(AXES)
   if math.prod(dcn) == 1:
     return jax.make_mesh(ici, AXES, axis_types=axis_types, devices=devices)
@@ -85,6 +91,18 @@ def make_mesh(config, devices=None) -> Mesh:
   device_grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices,
                                                      process_is_granule=by_process)
   return Mesh(device_grid, AXES, axis_types=axis_types)
+
+
+def parse_sizes(text: str, sep: str = ",") -> tuple[int, int, int]:
+  """"DATA,FSDP,TENSOR" mesh sizes such as "1,-1,1" (a command-line value)."""
+  try:
+    sizes = tuple(int(x) for x in text.split(sep))
+  except ValueError:
+    sizes = ()
+  if len(sizes) != len(AXES):
+    raise ValueError(f"mesh must be DATA{sep}FSDP{sep}TENSOR sizes such as 1{sep}-1{sep}1; "
+                     f"got {text!r}")
+  return sizes
 
 
 def logical_to_spec(axes: tuple[str | None, ...]) -> PartitionSpec:

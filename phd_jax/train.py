@@ -1,9 +1,9 @@
-"""Train state, the sharded train step and the training loop.
+"""The sharded train step and the training loop.
 
-The state is created already sharded (`jax.eval_shape`, then `jit` with `out_shardings`),
-so no full copy of the parameters ever sits on one host. The step is one `jax.jit` with
-the state's shardings in and out and the old state donated; it scans over microbatches
-(gradient accumulation equal to the whole batch) and applies AdamW.
+The step is one `jax.jit` with the state's shardings (`phd_jax.state`) in and out and the
+old state donated; it scans over microbatches (gradient accumulation equal to the whole
+batch) and applies AdamW. The loop validates the config before it writes or builds
+anything, then resumes from the workdir's newest complete checkpoint or starts fresh.
 """
 
 from __future__ import annotations
@@ -16,67 +16,19 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from etils import epath
-from flax import nnx, struct
+from flax import nnx
 
-from phd_jax import config as config_lib
 from phd_jax import checkpoint, data, sharding
+from phd_jax import config as config_lib
+from phd_jax.eval import suite
 from phd_jax.loss import next_token_loss
 from phd_jax.metrics import Progress, Writer
-from phd_jax.model import Transformer
 from phd_jax.optim import make_optimizer, make_schedule
 from phd_jax.preemption import PreemptionGuard
+from phd_jax.state import (TrainState, abstract_state, graphdef, init_state, load_model,
+                           state_shardings)
 
 BATCH_KEYS = ("tokens", "segment_ids", "positions")
-
-
-class TrainState(struct.PyTreeNode):
-  step: jax.Array  # int32 scalar: optimizer updates applied so far
-  params: nnx.State  # the model's nnx.Param
-  opt_state: optax.OptState
-
-
-def _new_model(config) -> Transformer:
-  return Transformer(config_lib.model_config(config), config_lib.phd_spec(config),
-                     rngs=nnx.Rngs(params=config.seed))
-
-
-def _init_fn(config, tx):
-  def init():
-    params = nnx.state(_new_model(config), nnx.Param)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-  return init
-
-
-def graphdef(config) -> nnx.GraphDef:
-  return nnx.split(nnx.eval_shape(lambda: _new_model(config)))[0]
-
-
-def state_shardings(config, mesh):
-  """NamedShardings of the TrainState (a TrainState of shardings) from the logical rules."""
-  shapes = jax.eval_shape(_init_fn(config, make_optimizer(config)))
-  return sharding.tree_shardings(shapes, mesh)
-
-
-def abstract_state(config, mesh) -> TrainState:
-  """ShapeDtypeStructs carrying their shardings: the target of a checkpoint restore."""
-  shapes = jax.eval_shape(_init_fn(config, make_optimizer(config)))
-  shardings = sharding.tree_shardings(shapes, mesh)
-  abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                          shapes, shardings)
-  sharding.check_not_replicated(abstract.params, mesh)
-  return abstract
-
-
-def init_state(config, mesh) -> tuple[nnx.GraphDef, TrainState]:
-  """A fresh TrainState, each array created directly on its shards."""
-  abstract_state(config, mesh)  # validates the shardings before compiling anything
-  init = jax.jit(_init_fn(config, make_optimizer(config)),
-                 out_shardings=state_shardings(config, mesh))
-  return graphdef(config), init()
-
-
-def model_from_params(config, params) -> Transformer:
-  return nnx.merge(graphdef(config), params)
 
 
 def _loss_sum(gdef, params, batch, z_loss):
@@ -155,21 +107,6 @@ def check_finite(step: int, metrics: dict) -> None:
         "training stopped and this state was not saved")
 
 
-def parse_profile_steps(config) -> range | None:
-  """`profile_steps` "START:STOP": trace the steps START..STOP-1."""
-  text = config.profile_steps
-  if not text:
-    return None
-  try:
-    first, last = (int(x) for x in text.split(":"))
-  except ValueError:
-    raise ValueError(f"profile_steps must look like 'START:STOP'; got {text!r}") from None
-  if not 0 <= first < last <= config.num_steps:
-    raise ValueError(f"profile_steps={text!r} needs 0 <= START < STOP <= num_steps="
-                     f"{config.num_steps}")
-  return range(first, last)
-
-
 def _restore_or_init(config, mesh, ckpt, batches):
   """Resume from the newest complete checkpoint, else a fresh (or warm-started) state."""
   step = ckpt.latest_step()
@@ -179,42 +116,24 @@ def _restore_or_init(config, mesh, ckpt, batches):
     return graphdef(config), state
   gdef, state = init_state(config, mesh)
   if config.checkpoint.warm_start:
-    params = checkpoint.load_params(config.checkpoint.warm_start,
-                                    abstract_state(config, mesh).params)
-    state = state.replace(params=params)
+    warm = load_model(config.checkpoint.warm_start, mesh, config=config)
+    state = state.replace(params=nnx.state(warm.model, nnx.Param))
   return gdef, state
 
 
-def _in_loop_tasks(config) -> tuple[str, ...]:
-  """"loss" plus `config.eval_tasks`, whose files are checked at startup, not at step N."""
-  from phd_jax.eval.tasks import load_task
-  names = tuple(t.strip() for t in config.eval_tasks.split(",") if t.strip())
-  for name in names:
-    try:
-      load_task(config.eval_data_dir, name, limit=1)
-    except ValueError as e:
-      raise ValueError(f"eval_tasks={config.eval_tasks!r}, eval_data_dir="
-                       f"{config.eval_data_dir!r}: {e}") from None
-  return ("loss",) + names
-
-
 def _evaluate(config, mesh, gdef, params, tasks) -> dict:
-  # Imported here: the evaluation CLI builds its models through this module.
-  from phd_jax import evaluate
-  metrics = evaluate.in_loop(nnx.merge(gdef, params), config, mesh, tasks=tasks,
-                             limit=config.eval_limit, data_dir=config.eval_data_dir)
+  metrics = suite.in_loop(nnx.merge(gdef, params), config, mesh, tasks=tasks,
+                          limit=config.eval_limit, data_dir=config.eval_data_dir)
   return {name.removeprefix("eval/"): value for name, value in metrics.items()}
 
 
 def train(config, workdir: str) -> dict:
   """Train `config` in `workdir` (resuming from its checkpoints); returns the last logged
   metrics."""
-  config_lib.validate(config)
-  checkpoint.validate_options(config)
-  profile = parse_profile_steps(config)
+  config_lib.validate(config)  # before anything is written or compiled
+  profile = config_lib.profile_range(config)
   mesh = sharding.make_mesh(config)
-  sharding.check_batch(config, mesh)
-  eval_tasks = _in_loop_tasks(config) if config.eval_every else ()
+  eval_tasks = ("loss",) + config_lib.eval_task_names(config) if config.eval_every else ()
   main_process = jax.process_index() == 0
   if main_process:
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
@@ -226,6 +145,7 @@ def train(config, workdir: str) -> dict:
   train_step = make_train_step(config, mesh, gdef)
   start = int(state.step)
   writer = Writer(workdir, enabled=main_process)
+  writer.write_hparams(config_lib.flat_fields(config))
   progress = Progress(config, config_lib.model_config(config), config_lib.phd_spec(config),
                       start, enabled=main_process)
   preemption = PreemptionGuard()

@@ -1,13 +1,9 @@
 """Test set-up: 8 fake CPU devices for the multi-device tests, set before jax is imported."""
 
 import os
-import sys
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8"
                            # tiny test programs: LLVM optimisation costs more than it saves
                            " --xla_backend_optimization_level=0").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:  # config files import `configs.base`
-  sys.path.insert(0, ROOT)

@@ -3,11 +3,13 @@
 
 import json
 import os
+import pathlib
 
-from configs import tiny
+from phd_jax import config as config_lib
 from phd_jax.eval.tasks import TASKS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 REAL_EVAL_DATA = os.path.join(ROOT, "..", "shared", "eval_data")
 
 
@@ -37,7 +39,7 @@ def eval_data_dir(tmp_path) -> str:
 def small_config(variant="PHD-CSWA-2-2-4"):
   """The tiny config shrunk further: byte tokens, synthetic validation data, a (2, 2, 2)
   training mesh."""
-  c = tiny.get_config(variant)
+  c = config_lib.load_config(REPO_ROOT / "configs" / "tiny.py", variant)
   c.model.update(d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
                  mlp_dim=64)
   c.update(seq_len=64, batch_size=8, eval_batches=2)

@@ -5,6 +5,7 @@ import json
 import logging
 import math
 import os
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -14,10 +15,12 @@ import pytest
 from flax import nnx, struct
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
-from configs import tiny
 from phd_jax import checkpoint, sharding, train
+from phd_jax import state as state_lib
 from phd_jax import config as config_lib
 from phd_jax.model import Transformer
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 AXES = ("data", "fsdp", "tensor")
 
@@ -29,7 +32,7 @@ class TrainState(struct.PyTreeNode):  # the trainer's state layout (step, params
 
 
 def _config(**checkpoint_fields):
-  c = tiny.get_config("PHD-CSWA-2-4-8")
+  c = config_lib.load_config(REPO_ROOT / "configs" / "tiny.py", "PHD-CSWA-2-4-8")
   c.model.update(vocab_size=64, d_model=32, num_layers=1, num_heads=2, num_kv_heads=1,
                  head_dim=16, mlp_dim=32)
   c.checkpoint.update(every=2, keep=2, keep_period=0, async_save=True)
@@ -288,7 +291,7 @@ def test_warm_start_continues_a_vanilla_run_as_phd(tmp_path):
   phd.checkpoint.warm_start = str(tmp_path / "vanilla")
   train.train(phd, str(tmp_path / "phd"))
 
-  abstract = train.abstract_state(phd, sharding.make_mesh(phd))
+  abstract = state_lib.abstract_state(phd, sharding.make_mesh(phd))
   source = checkpoint.load_params(tmp_path / "vanilla", abstract.params)
   with checkpoint.Checkpointer(tmp_path / "phd", phd) as ckpt:
     state, _ = ckpt.restore(abstract)

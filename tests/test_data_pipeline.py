@@ -3,6 +3,7 @@ host shares, workers and bad input. Uses a small corpus written by the test."""
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 import zlib
@@ -14,12 +15,14 @@ import pytest
 import tensorflow_datasets as tfds
 from flax import nnx
 
-from configs import tiny
 from data_helpers import assert_batches_equal, take
+from phd_jax import config as config_lib
 from phd_jax import data
 from phd_jax.data import packing, prepare, stdlib_corpus
 from phd_jax.masks import parse_variant
 from phd_jax.model import ModelConfig, Transformer
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 SEQ_LEN, BATCH = 32, 4
 
@@ -57,7 +60,7 @@ def corpus(tmp_path_factory):
 
 
 def _config(corpus, **data_fields):
-  c = tiny.get_config()
+  c = config_lib.load_config(REPO_ROOT / "configs" / "tiny.py")
   c.seq_len, c.batch_size = SEQ_LEN, BATCH
   c.data.source, c.data.name, c.data.data_dir = "tfds", "tiny_corpus", corpus["data_dir"]
   c.data.prefetch = 0
@@ -222,7 +225,7 @@ def test_stdlib_corpus_prepares_and_splits_by_path(tmp_path):
   assert len(files) > 300 and "os.py" in relative
   assert not any("test" in rel.split(os.sep)[:-1] or os.path.basename(rel).startswith("test_")
                  for rel in relative)
-  c = tiny.get_config()
+  c = config_lib.load_config(REPO_ROOT / "configs" / "tiny.py")
   c.data.data_dir = str(tmp_path)
   c.seq_len, c.batch_size = 64, 2
   val = next(data.make_iterator(c, "validation", process_index=0, process_count=1))
@@ -257,3 +260,12 @@ def test_packed_batch_through_model_equals_documents_alone(corpus, source, varia
   alone = np.asarray(forward(model, alone_rows))
   for n, (row, where) in enumerate(pieces):
     np.testing.assert_allclose(packed[row, where], alone[n, :len(where)], atol=2e-5, rtol=2e-5)
+
+
+def test_validation_refuses_a_missing_eval_split_at_startup(corpus):
+  config = _config(corpus, eval_split="dev")
+  config.batch_size = 8  # one row per fake device
+  with pytest.raises(config_lib.ConfigError, match=r"data.eval_split='dev': .*no split 'dev'"):
+    config_lib.validate(config)
+  config.data.eval_split = "validation"
+  config_lib.validate(config)

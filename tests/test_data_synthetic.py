@@ -1,16 +1,20 @@
 """The synthetic source: determinism, exact resume, disjoint covering host shares."""
 
+import pathlib
+
 import numpy as np
 import pytest
 
-from configs import tiny
 from data_helpers import assert_batches_equal, take
+from phd_jax import config as config_lib
 from phd_jax import data
 from phd_jax.data import synthetic
 
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
 
 def _config(**overrides):
-  c = tiny.get_config()
+  c = config_lib.load_config(REPO_ROOT / "configs" / "tiny.py")
   c.data.source = "synthetic"
   c.seq_len, c.batch_size = 64, 8
   for k, v in overrides.items():

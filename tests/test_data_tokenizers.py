@@ -1,11 +1,15 @@
 """Tokenizers: byte-level, SentencePiece (trained here, byte fallback) and HF tokenizer.json."""
 
+import pathlib
+
 import numpy as np
 import pytest
 
-from configs import tiny
+from phd_jax import config as config_lib
 from phd_jax import data
 from phd_jax.data import train_tokenizer
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 TEXTS = ["def add(a, b):\n    return a + b\n", "The quick brown fox jumps over the lazy dog.",
          "  indented\n\n\ttabs and  double  spaces", "naïve café, 3.14159 and 42"] * 20
@@ -13,7 +17,7 @@ UNSEEN = "日本語 🚀 Ωμέγα \x00 end  \n"
 
 
 def _config(kind, path=""):
-  c = tiny.get_config()
+  c = config_lib.load_config(REPO_ROOT / "configs" / "tiny.py")
   c.data.tokenizer, c.data.tokenizer_path = kind, path
   return c
 

@@ -3,6 +3,8 @@
 import json
 import math
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -13,9 +15,9 @@ import pytest
 from flax import nnx
 
 from eval_helpers import ROOT, eval_data_dir, small_config
-from phd_jax import checkpoint, data, evaluate, train
+from phd_jax import checkpoint, data, evaluate, sharding, state
 from phd_jax.data.tokenizers import ByteTokenizer
-from phd_jax.eval import heldout, report
+from phd_jax.eval import heldout, report, suite
 from phd_jax.loss import next_token_loss, target_mask
 
 TASKS = ["loss", "arc_easy", "winogrande"]
@@ -27,13 +29,13 @@ def saved_run(tmp_path_factory):
   results of evaluating those in-memory parameters on that mesh."""
   tmp = tmp_path_factory.mktemp("run")
   config, workdir, data_dir = small_config(), str(tmp / "workdir"), eval_data_dir(tmp)
-  mesh = evaluate.eval_mesh(config, (2, 2, 2))
-  _, state = train.init_state(config, mesh)
+  mesh = sharding.make_mesh(config, sizes=(2, 2, 2))
+  _, fresh = state.init_state(config, mesh)
   with checkpoint.Checkpointer(workdir, config) as ckpt:
-    ckpt.save(7, state, {"position": 0}, force=True)
-  model = train.model_from_params(config, state.params)
-  results = evaluate.evaluate(model, config, mesh, TASKS, data_dir=data_dir, limit=6,
-                              batch_size=4)
+    ckpt.save(7, fresh, {"position": 0}, force=True)
+  model = state.model_from_params(config, fresh.params)
+  results = suite.evaluate(model, config, mesh, TASKS, data_dir=data_dir, limit=6,
+                           batch_size=4)
   return workdir, data_dir, results, model
 
 
@@ -88,9 +90,9 @@ def test_checkpoint_from_8_devices_evaluates_on_1_device_alike(saved_run):
 
 def test_in_loop_metrics_match_the_full_evaluation(saved_run):
   workdir, data_dir, expected, _ = saved_run
-  model, config, mesh, _ = evaluate.load_model(workdir, (2, 2, 2))
+  model, config, mesh, _ = state.load_model(workdir, (2, 2, 2))
   params = nnx.state(model, nnx.Param)  # what a training loop holds
-  metrics = evaluate.in_loop(params, config, mesh, tasks=TASKS, limit=6, data_dir=data_dir)
+  metrics = suite.in_loop(params, config, mesh, tasks=TASKS, limit=6, data_dir=data_dir)
   assert metrics["eval/loss"] == pytest.approx(expected["loss"]["loss"], rel=1e-5)
   assert metrics["eval/arc_easy"] == expected["arc_easy"]["acc"]  # the paper's metric
   assert metrics["eval/winogrande"] == expected["winogrande"]["acc"]
@@ -98,12 +100,33 @@ def test_in_loop_metrics_match_the_full_evaluation(saved_run):
   assert "eval/bits_per_byte" not in metrics  # synthetic tokens have no bytes
 
 
-def test_bad_flags_fail_before_loading(tmp_path):
-  with pytest.raises(ValueError, match="--tasks: unknown \\['boolq'\\]"):
-    evaluate.main(["--workdir", str(tmp_path), "--tasks", "loss,boolq"])
-  with pytest.raises(ValueError, match="no file .*piqa.jsonl"):
-    evaluate.main(["--workdir", str(tmp_path), "--tasks", "piqa", "--data_dir", str(tmp_path)])
-  with pytest.raises(ValueError, match="--mesh"):
-    evaluate.main(["--workdir", str(tmp_path), "--mesh", "2,2"])
-  with pytest.raises(ValueError, match="no complete checkpoint"):
-    evaluate.main(["--workdir", str(tmp_path), "--tasks", "loss"])
+def run_main(argv, capsys) -> tuple[int, str]:
+  """(exit status, stderr) of `python -m phd_jax.evaluate ARGV`, run in this process."""
+  with pytest.raises(SystemExit) as exit_info:
+    evaluate.main(argv)
+  return exit_info.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--tasks", "loss,boolq"], r"--tasks: unknown \['boolq'\]"),
+    (["--tasks", "piqa", "--data_dir", "{tmp}"], r"no file .*piqa.jsonl"),
+    (["--mesh", "2,2"], "mesh must be DATA,FSDP,TENSOR"),
+    (["--tasks", "loss"], "no complete checkpoint"),
+])
+def test_bad_flags_exit_2_with_one_line(tmp_path, capsys, argv, message):
+  argv = ["--workdir", str(tmp_path)] + [a.format(tmp=tmp_path) for a in argv]
+  code, err = run_main(argv, capsys)
+  assert code == 2
+  assert err.startswith("python -m phd_jax.evaluate: error: ") and err.count("\n") == 1, err
+  assert re.search(message, err), err
+
+
+def test_step_folder_results_land_in_the_runs_workdir(saved_run, tmp_path, monkeypatch, capsys):
+  run = tmp_path / "run"
+  shutil.copytree(saved_run[0], run)
+  monkeypatch.chdir(tmp_path)  # not where the results go
+  evaluate.main(["--checkpoint", str(run / "checkpoints" / "7"), "--tasks", "loss",
+                 "--loss_batches", "1", "--no_progress"])
+  assert sorted(p.name for p in run.glob("eval_*")) == ["eval_step7.json", "eval_step7.md"]
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+  assert str(run / "eval_step7.json") in capsys.readouterr().out

@@ -16,7 +16,7 @@ from lm_eval.tasks import TaskManager  # noqa: E402
 
 import phd_jax.eval.harness  # noqa: E402,F401  (registers "phd_jax")
 from eval_helpers import eval_data_dir, small_config  # noqa: E402
-from phd_jax import checkpoint, decode, evaluate, train  # noqa: E402
+from phd_jax import checkpoint, decode, sharding, state  # noqa: E402
 from phd_jax.eval.scorer import encode_pair  # noqa: E402
 from phd_jax.eval.tasks import evaluate_task, load_task  # noqa: E402
 
@@ -42,9 +42,9 @@ metric_list:
 def lm(tmp_path_factory):
   """lm-eval's `phd_jax` model over a params-only export, built through the registry."""
   config = small_config("PHD-SWA-2-2-inf")
-  mesh = evaluate.eval_mesh(config, (2, 2, 2))
+  mesh = sharding.make_mesh(config, sizes=(2, 2, 2))
   export = tmp_path_factory.mktemp("export") / "params"
-  checkpoint.export_params(export, train.init_state(config, mesh)[1].params, config)
+  checkpoint.export_params(export, state.init_state(config, mesh)[1].params, config)
   return get_model("phd_jax").create_from_arg_string(f"checkpoint={export}",
                                                      {"batch_size": 4, "device": None})
 

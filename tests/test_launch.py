@@ -426,7 +426,7 @@ def losses(workdir):
 
 def test_local_two_processes_train_like_one(tmp_path):
   """2 processes x 4 CPU devices through local.sh give the losses of one process with 8."""
-  from configs import tiny
+  from phd_jax import config as config_lib
   from phd_jax import train
 
   overrides = [f"--config.{k}={v}" for k, v in TINY.items()]
@@ -440,7 +440,7 @@ def test_local_two_processes_train_like_one(tmp_path):
     log = (multi / "logs" / f"rank_{rank}.log").read_text()
     assert "Connecting to JAX distributed service on localhost:" in log
 
-  config = tiny.get_config("PHD-CSWA-2-2-4")
+  config = config_lib.load_config(ROOT / "configs" / "tiny.py", "PHD-CSWA-2-2-4")
   config.update_from_flattened_dict(TINY)
   single = tmp_path / "single"
   train.train(config, str(single))  # this process: 8 fake CPU devices (conftest)

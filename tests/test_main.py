@@ -1,6 +1,7 @@
-"""The command line: dry runs of the paper's configs, a short training run, bad settings."""
+"""The command line: dry runs of the paper's configs, a short training run, bad settings
+as one-line errors with exit status 2, configs from anywhere."""
 
-import importlib
+import glob
 import json
 import os
 import re
@@ -18,9 +19,12 @@ TINY = ["--config=configs/tiny.py:PHD-CSWA-2-2-4", "--config.data.source=synthet
         "--config.mesh.fsdp=2", "--config.mesh.tensor=2"]
 
 
-def start(*args):
+OFFLINE = ["--config.data.source=synthetic", "--config.data.tokenizer=byte"]
+
+
+def start(*args, cwd=ROOT, env=None):
   """`python -m phd_jax.main ARGS` on 8 fake CPU devices (from conftest's XLA_FLAGS)."""
-  return subprocess.Popen([sys.executable, "-m", "phd_jax.main", *args], cwd=ROOT,
+  return subprocess.Popen([sys.executable, "-m", "phd_jax.main", *args], cwd=cwd, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -39,7 +43,7 @@ def olmo2_parameters(vocab, d_model, layers, heads, kv_heads, head_dim, mlp):
 
 def test_dry_run_prints_the_paper_parameter_counts():
   names = ("olmo2_1b", "olmo2_550m")
-  runs = {name: start(f"--config=configs/{name}.py", "--dry_run") for name in names}
+  runs = {name: start(f"--config=configs/{name}.py", *OFFLINE, "--dry_run") for name in names}
   shapes = {"olmo2_1b": (50304, 2048, 16, 32, 8, 64, 8192),
             "olmo2_550m": (50304, 1536, 16, 16, 4, 96, 4096)}
   paper_size = {"olmo2_1b": 1.2e9, "olmo2_550m": 550e6}
@@ -48,7 +52,7 @@ def test_dry_run_prints_the_paper_parameter_counts():
     assert code == 0, err[-2000:]
     total, norms = olmo2_parameters(*shapes[name])
     assert total == pytest.approx(paper_size[name], rel=0.02)
-    documented = importlib.import_module(f"configs.{name}").__doc__
+    documented = open(os.path.join(ROOT, "configs", f"{name}.py")).read()
     assert f"Parameters: {total:,} " in documented
     assert re.search(r"^parameters: (\d+)$", out, re.M)[1] == str(total)
     without_norms = int(re.search(r"^parameters without norm scales: (\d+)", out, re.M)[1])
@@ -65,13 +69,90 @@ def test_trains_from_the_command_line(tmp_path):
   assert any(f.endswith(".xplane.pb") for f in traces), traces
   assert re.search(r"step 6/6 \[#+\] loss [\d.]+ .* eta", out)
   assert re.search(r"^done: step 6, loss [\d.]+;", out, re.M)
+  assert out.startswith("jax cpu: 8 x cpu in 1 process(es); mesh {'data': 2, 'fsdp': 2, "
+                        "'tensor': 2}\n")
   rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   assert [r["step"] for r in rows] == [3, 6]
   assert json.load(open(tmp_path / "config.json"))["mesh"]["tensor"] == 2
   assert os.listdir(tmp_path / "checkpoints") == ["6"]  # the final save
 
 
+def test_hyperparameters_reach_tensorboard(tmp_path):
+  from tensorboard.backend.event_processing import event_accumulator
+  code, _, err = finish(start(*TINY, "--config.num_steps=1", "--config.optim.warmup_steps=0",
+                              f"--workdir={tmp_path}"))
+  assert code == 0, err[-2000:]
+  events = event_accumulator.EventAccumulator(glob.glob(f"{tmp_path}/events.out.*")[0])
+  events.Reload()
+  start_info = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+  assert b"phd.variant" in start_info and b"PHD-CSWA-2-2-4" in start_info
+  table = events.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+  assert "| optim.lr | 0.003 |" in table
+
+
+def usage_error(*args, cwd=ROOT):
+  """(stderr, files left in the workdir) of a run that must exit 2 with one line."""
+  code, out, err = finish(start(*args, cwd=cwd))
+  assert code == 2, (out, err)
+  assert err.startswith("phd_jax.main: error: ") and err.count("\n") == 1, err
+  return err
+
+
 def test_bad_setting_exits_naming_it(tmp_path):
-  code, _, err = finish(start(*TINY, "--config.mesh.tensor=3", f"--workdir={tmp_path}",
-                              "--dry_run"))
-  assert code != 0 and "'tensor': 3" in err
+  err = usage_error(*TINY, "--config.mesh.tensor=3", f"--workdir={tmp_path}", "--dry_run")
+  assert "'tensor': 3" in err
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--config.checkpoint.keep=0", "checkpoint.keep must be a positive integer; got 0"),
+    ("--config.profile_steps=abc", "profile_steps must look like 'START:STOP'; got 'abc'"),
+    ("--config.optim.b2=1.5", r"optim.b2 must lie in \[0.0, 1.0\); got 1.5"),
+    ("--config.optim.learning_rate=1", "config has no field optim.learning_rate; did you "
+                                       "mean optim.lr"),
+    ("--config.optim.lr=abc", "flag --config.optim.lr=abc: could not convert"),
+])
+def test_dry_run_refuses_what_training_refuses(flag, message, tmp_path):
+  for mode in ("--dry_run", f"--workdir={tmp_path}"):
+    assert re.search(message, usage_error(*TINY, flag, mode))
+  assert not os.listdir(tmp_path)
+
+
+def test_a_missing_config_file_is_named(tmp_path):
+  err = usage_error(f"--config={tmp_path}/nope.py:Vanilla", "--dry_run")
+  assert f"config file {tmp_path}/nope.py does not exist" in err
+
+
+def test_paper_config_without_its_tokenizer_fails_before_writing(tmp_path):
+  workdir = tmp_path / "run"
+  err = usage_error(f"--config={ROOT}/configs/olmo2_151m.py", f"--workdir={workdir}",
+                    cwd=tmp_path)
+  assert "data.tokenizer_path='tokenizers/gpt-neox-20b/tokenizer.json': no such" in err
+  assert not workdir.exists()
+
+
+def test_dry_run_from_another_directory_with_a_config_outside_the_checkout(tmp_path):
+  (tmp_path / "my_config.py").write_text(
+      "from phd_jax import defaults\n\n"
+      "def get_config(variant=None):\n"
+      "  c = defaults.get_config(variant)\n"
+      "  c.model.update(vocab_size=256, d_model=64, num_layers=2, num_heads=4,\n"
+      "                 num_kv_heads=2, head_dim=16, mlp_dim=128)\n"
+      "  c.update(seq_len=32, batch_size=8)\n"
+      "  return c\n")
+  code, out, err = finish(start("--config=my_config.py:PHD-2", "--dry_run", cwd=tmp_path))
+  assert code == 0, err[-2000:]
+  assert "variant: PHD-2" in out
+  assert re.search(r"^parameters: \d+$", out, re.M)
+  assert sorted(os.listdir(tmp_path)) == ["my_config.py"]
+
+
+def test_help_exits_0():
+  code, out, _ = finish(start("--help"))
+  assert code == 0 and "--config" in out and "--dry_run" in out
+
+
+def test_cpu_only_jax_under_an_accelerator_launch_warns():
+  env = dict(os.environ, CUDA_VISIBLE_DEVICES="0")
+  code, _, err = finish(start(*TINY, "--dry_run", env=env))
+  assert code == 0, err
+  assert "JAX sees only CPUs although CUDA_VISIBLE_DEVICES is set" in err

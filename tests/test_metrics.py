@@ -1,4 +1,5 @@
-"""Analytic training FLOPs: attention pairs from the variant's mask, totals against XLA."""
+"""Analytic training FLOPs (`phd_jax.flops`): attention pairs from the variant's mask,
+totals against XLA."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +7,7 @@ import pytest
 from flax import nnx
 
 from phd_jax import config as config_lib
-from phd_jax import metrics, train
+from phd_jax import flops, state
 from phd_jax.loss import next_token_loss
 from phd_jax.masks import parse_variant, spec_mask
 from test_train import small_config
@@ -18,7 +19,7 @@ from test_train import small_config
 def test_attention_pairs_equal_the_full_mask(variant, window_unit):
   spec = parse_variant(variant, window_unit=window_unit)
   for tokens in (1, 9, 64, 157):
-    assert metrics.attention_pairs(spec, tokens) == spec_mask(spec, tokens).sum(), tokens
+    assert flops.attention_pairs(spec, tokens) == spec_mask(spec, tokens).sum(), tokens
 
 
 @pytest.mark.parametrize("variant", ["Vanilla", "PHD-3"])
@@ -28,22 +29,22 @@ def test_flops_match_xla_count(variant):
   config = small_config(variant)
   config.model.update(d_model=128, mlp_dim=512, head_dim=32, vocab_size=256, num_layers=1)
   batch, seq_len = 4, 8
-  gdef = train.graphdef(config)
-  params = nnx.state(nnx.eval_shape(lambda: train._new_model(config)), nnx.Param)
+  gdef = state.graphdef(config)
+  params = nnx.state(nnx.eval_shape(lambda: state.new_model(config)), nnx.Param)
 
   def loss(p, tokens):
     return next_token_loss(nnx.merge(gdef, p)(tokens), tokens)[0]
   tokens = jax.ShapeDtypeStruct((batch, seq_len), jnp.int32)
   compiled = jax.jit(jax.grad(loss)).lower(params, tokens)
   xla = compiled.compile().cost_analysis()["flops"]
-  ours = batch * metrics.flops_per_sequence(config_lib.model_config(config),
-                                            config_lib.phd_spec(config), seq_len)
+  ours = batch * flops.flops_per_sequence(config_lib.model_config(config),
+                                          config_lib.phd_spec(config), seq_len)
   assert ours == pytest.approx(xla, rel=0.03)
 
 
 def test_peak_table_picks_the_specific_chip():
-  assert metrics.peak_flops("TPU v5 lite") == 197e12  # v5e, not v5p's number
-  assert metrics.peak_flops("TPU v5p") == 459e12
-  assert metrics.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
-  assert metrics.peak_flops("NVIDIA A100-SXM4-40GB") == 312e12
-  assert metrics.peak_flops("cpu") is None
+  assert flops.peak_flops("TPU v5 lite") == 197e12  # v5e, not v5p's number
+  assert flops.peak_flops("TPU v5p") == 459e12
+  assert flops.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+  assert flops.peak_flops("NVIDIA A100-SXM4-40GB") == 312e12
+  assert flops.peak_flops("cpu") is None

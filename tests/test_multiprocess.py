@@ -2,13 +2,13 @@
 launch/local.sh, train the same losses as one process with 8 devices."""
 
 import functools
-import importlib
 import json
 import os
 import subprocess
 
 import numpy as np
 
+from phd_jax import config as config_lib
 from phd_jax import train
 from test_main import ROOT, TINY
 
@@ -22,9 +22,8 @@ def losses(workdir):
 
 def config_from_flags(flags):
   """The config `phd_jax.main` builds from `--config=FILE:VARIANT --config.a.b=v` flags."""
-  path, variant = next(f for f in flags if f.startswith("--config=")).split("=")[1].split(":")
-  module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
-  config = module.get_config(variant)
+  path = next(f for f in flags if f.startswith("--config=")).split("=")[1]
+  config = config_lib.load_config(os.path.join(ROOT, path))
   for flag in flags:
     if flag.startswith("--config."):
       key, value = flag.removeprefix("--config.").split("=")

@@ -33,8 +33,7 @@ jax.distributed.initialize(f"localhost:{port}", 2, process)
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 from flax import struct
-from configs import tiny
-from phd_jax import checkpoint, preemption
+from phd_jax import checkpoint, defaults, preemption
 class TrainState(struct.PyTreeNode):
   step: jax.Array
   params: dict
@@ -44,7 +43,7 @@ full = np.arange(32.0).reshape(8, 4)
 def array(value, *spec):
   return jax.make_array_from_callback(np.shape(value), NamedSharding(mesh, PartitionSpec(*spec)),
                                       lambda index: value[index])
-config = tiny.get_config()
+config = defaults.get_config()
 config.checkpoint.every = 0  # only the preemption save
 guard = preemption.PreemptionGuard()
 with checkpoint.Checkpointer(workdir, config) as ckpt:

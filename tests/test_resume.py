@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from phd_jax import checkpoint, sharding, train
+from phd_jax import checkpoint, sharding, state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 12
@@ -73,7 +73,7 @@ def _params(workdir, step):
   """The params saved at `step`, as numpy arrays in tree order (read on this process's
   devices through the saved config, as an evaluation would)."""
   config = checkpoint.load_config(workdir)
-  abstract = train.abstract_state(config, sharding.make_mesh(config)).params
+  abstract = state.abstract_state(config, sharding.make_mesh(config)).params
   params = checkpoint.load_params(os.path.join(workdir, "checkpoints", str(step)), abstract)
   return [np.asarray(x) for x in jax.tree.leaves(params)]
 

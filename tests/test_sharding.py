@@ -4,7 +4,7 @@ import jax
 import pytest
 from jax.sharding import AxisType, PartitionSpec as P
 
-from phd_jax import sharding, train
+from phd_jax import sharding, state, train
 from test_train import small_config
 
 
@@ -22,13 +22,13 @@ def test_mesh_fills_minus_one(axes, expected):
 
 def param_specs(mesh_shape):
   config = small_config(mesh=mesh_shape)
-  state = train.abstract_state(config, sharding.make_mesh(config))
-  return state, {jax.tree_util.keystr(path): leaf.sharding.spec
-                 for path, leaf in jax.tree_util.tree_leaves_with_path(state.params)}
+  abstract = state.abstract_state(config, sharding.make_mesh(config))
+  return abstract, {jax.tree_util.keystr(path): leaf.sharding.spec
+                    for path, leaf in jax.tree_util.tree_leaves_with_path(abstract.params)}
 
 
 def test_parameters_and_optimizer_state_follow_the_rules():
-  state, specs = param_specs((2, 2, 2))
+  abstract, specs = param_specs((2, 2, 2))
   block = "['blocks'][0]"
   expected = {
       f"{block}['attn']['wq'].value": P("fsdp", "tensor", None),
@@ -44,21 +44,21 @@ def test_parameters_and_optimizer_state_follow_the_rules():
   }
   for name, spec in expected.items():
     assert specs[name] == spec, name
-  wq = state.params["blocks"][0]["attn"]["wq"]
+  wq = abstract.params["blocks"][0]["attn"]["wq"]
   assert wq.sharding.shard_shape(wq.shape) == (32 // 2, 4 // 2, 8)
   # both Adam moments are laid out like the parameters; the step count is replicated
-  adam = state.opt_state[1][0]
+  adam = abstract.opt_state[1][0]
   for moment in (adam.mu, adam.nu):
     assert jax.tree.map(lambda x: x.sharding, moment) == jax.tree.map(lambda x: x.sharding,
-                                                                     state.params)
-  assert state.step.sharding.is_fully_replicated
+                                                                     abstract.params)
+  assert abstract.step.sharding.is_fully_replicated
   assert adam.count.sharding.is_fully_replicated
 
 
 def test_data_parallel_mesh_replicates_parameters():
-  state, specs = param_specs((8, 1, 1))
-  assert all(leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(state.params))
-  sharding.check_not_replicated(state.params, state.step.sharding.mesh, limit=1)  # allowed
+  abstract, specs = param_specs((8, 1, 1))
+  assert all(leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(abstract.params))
+  sharding.check_not_replicated(abstract.params, abstract.step.sharding.mesh, limit=1)  # allowed
 
 
 def test_large_replicated_parameter_is_caught():

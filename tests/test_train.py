@@ -9,16 +9,16 @@ import jax
 import numpy as np
 import pytest
 
-from configs import base
 from eval_helpers import eval_data_dir
-from phd_jax import checkpoint, data, evaluate, sharding, train
+from phd_jax import checkpoint, data, defaults, sharding, state, train
+from phd_jax.eval import suite
 
 # One step on a mesh vs one device: float32 sums in a different order.
 LOSS_RTOL, GRAD_ATOL, PARAM_ATOL = 1e-5, 1e-7, 1e-7
 
 
 def small_config(variant="PHD-CSWA-2-2-4", mesh=(1, 1, 1), **overrides):
-  c = base.get_config(variant)
+  c = defaults.get_config(variant)
   c.model.update(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
                  head_dim=8, mlp_dim=64, rope_theta=10_000.0)
   c.update(seq_len=16, batch_size=8, num_steps=20, log_every=5, eval_every=0)
@@ -42,8 +42,8 @@ def step_config(mesh=(1, 1, 1), **overrides):
 def one_step(config, devices=None):
   """(mesh, gradients, state after one step, step metrics) on the first batch."""
   mesh = sharding.make_mesh(config, devices)
-  gdef, state = train.init_state(config, mesh)
-  new_state, metrics = train.make_train_step(config, mesh, gdef)(state,
+  gdef, fresh = state.init_state(config, mesh)
+  new_state, metrics = train.make_train_step(config, mesh, gdef)(fresh,
                                                                  first_batch(config, mesh))
   first_moment = new_state.opt_state[0].mu
   grads = jax.tree.map(lambda m: m / (1 - config.optim.b1), first_moment)
@@ -66,30 +66,30 @@ def assert_trees_close(a, b, atol):
 ])
 def test_sharded_step_equals_one_device(mesh_shape, remat, single_device):
   _, ref_grads, ref_state, ref_metrics = single_device
-  mesh, grads, state, metrics = one_step(step_config(mesh_shape, **{"model.remat": remat}))
+  mesh, grads, stepped, metrics = one_step(step_config(mesh_shape, **{"model.remat": remat}))
   assert dict(mesh.shape) == dict(zip(sharding.AXES, mesh_shape))
   np.testing.assert_allclose(metrics["loss"], ref_metrics["loss"], rtol=LOSS_RTOL)
   np.testing.assert_allclose(metrics["grad_norm"], ref_metrics["grad_norm"], rtol=1e-4)
   assert_trees_close(grads, ref_grads, GRAD_ATOL)
-  assert_trees_close(state.params, ref_state.params, PARAM_ATOL)
-  assert_trees_close(state.opt_state, ref_state.opt_state, PARAM_ATOL)
-  assert int(state.step) == 1
+  assert_trees_close(stepped.params, ref_state.params, PARAM_ATOL)
+  assert_trees_close(stepped.opt_state, ref_state.opt_state, PARAM_ATOL)
+  assert int(stepped.step) == 1
   # the updated state keeps the shardings the rules give
-  expected = train.abstract_state(step_config(mesh_shape, **{"model.remat": remat}), mesh)
-  for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(expected), strict=True):
+  expected = state.abstract_state(step_config(mesh_shape, **{"model.remat": remat}), mesh)
+  for got, want in zip(jax.tree.leaves(stepped), jax.tree.leaves(expected), strict=True):
     assert got.sharding.is_equivalent_to(want.sharding, got.ndim), (got.sharding, want.sharding)
 
 
 def test_gradient_accumulation_equals_whole_batch():
   """4 microbatches of 8 rows (one per device) vs one pass over the 32 rows."""
   whole = step_config((8, 1, 1), batch_size=32)
-  _, grads, state, metrics = one_step(whole)
+  _, grads, stepped, metrics = one_step(whole)
   _, acc_grads, acc_state, acc_metrics = one_step(step_config((8, 1, 1), batch_size=32,
                                                               microbatches=4))
   np.testing.assert_allclose(acc_metrics["loss"], metrics["loss"], rtol=LOSS_RTOL)
   np.testing.assert_allclose(acc_metrics["targets"], metrics["targets"])
   assert_trees_close(acc_grads, grads, GRAD_ATOL)
-  assert_trees_close(acc_state.params, state.params, PARAM_ATOL)
+  assert_trees_close(acc_state.params, stepped.params, PARAM_ATOL)
 
 
 def read_jsonl(path):
@@ -126,9 +126,9 @@ def test_in_loop_task_scores_are_those_of_the_saved_params(tmp_path):
   logged = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "eval_loss" in r]
   assert [r["step"] for r in logged] == [4]
   mesh = sharding.make_mesh(config)
-  params = checkpoint.load_params(tmp_path / "run", train.abstract_state(config, mesh).params)
-  expected = evaluate.in_loop(params, config, mesh, tasks=("loss", "arc_easy"), limit=6,
-                              data_dir=config.eval_data_dir)
+  params = checkpoint.load_params(tmp_path / "run", state.abstract_state(config, mesh).params)
+  expected = suite.in_loop(params, config, mesh, tasks=("loss", "arc_easy"), limit=6,
+                           data_dir=config.eval_data_dir)
   assert logged[0]["eval_arc_easy"] == pytest.approx(expected["eval/arc_easy"])
   assert logged[0]["eval_loss"] == pytest.approx(expected["eval/loss"], rel=1e-5)
 
@@ -156,7 +156,7 @@ def test_non_finite_loss_stops_at_its_step(tmp_path):
 
 def test_bfloat16_compute_keeps_float32_state(single_device):
   _, ref_grads, _, ref_metrics = single_device
-  _, grads, state, metrics = one_step(step_config((2, 2, 2), **{"model.dtype": "bfloat16"}))
-  assert {x.dtype for x in jax.tree.leaves(state)} == {np.dtype("float32"), np.dtype("int32")}
+  _, grads, stepped, metrics = one_step(step_config((2, 2, 2), **{"model.dtype": "bfloat16"}))
+  assert {x.dtype for x in jax.tree.leaves(stepped)} == {np.dtype("float32"), np.dtype("int32")}
   np.testing.assert_allclose(metrics["loss"], ref_metrics["loss"], rtol=1e-2)
   np.testing.assert_allclose(metrics["grad_norm"], ref_metrics["grad_norm"], rtol=5e-2)

@@ -20,8 +20,9 @@ import sys
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from phd_jax import data, decode, evaluate
+from phd_jax import data, decode, sharding
 from phd_jax.eval.scorer import Scorer, encode_pair
+from phd_jax.state import load_model
 
 DEFAULT_MAX_GEN_TOKS = 256
 
@@ -33,8 +34,7 @@ class PhdJaxLM(LM):
   def __init__(self, checkpoint: str, mesh: str = "1:-1:1", seq_len: int | None = None,
                batch_size: int | str | None = None, max_batch_size=None, device=None):
     del max_batch_size, device  # batches have a fixed shape; devices come from the mesh
-    model, config, jax_mesh, _ = evaluate.load_model(
-        checkpoint, evaluate.parse_mesh(str(mesh).replace(":", ",")))
+    model, config, jax_mesh, _ = load_model(checkpoint, sharding.parse_sizes(str(mesh), ":"))
     self._setup(model, config, jax_mesh, seq_len, batch_size)
 
   @classmethod

@@ -1,4 +1,4 @@
-"""Defaults for every experiment; other config files start from `get_config()` here.
+"""Defaults of every experiment: config files start from `get_config()` here.
 
 Run any config with
   python -m phd_jax.main --config=configs/tiny.py:PHD-CSWA-2-4-8 --workdir=/tmp/run
@@ -101,7 +101,24 @@ def paper_scale(c, *, d_model, num_layers, num_heads, num_kv_heads, head_dim, ml
                 batch_size, num_steps, lr):
   """The settings every paper-sized config shares (OLMo2 recipe, ours where the paper is
   silent): vocabulary 50304, 4096-token sequences, bfloat16 compute, full remat, FSDP over
-  all devices, a tfds corpus with a HF tokenizer; plus the given shape and schedule."""
+  all devices; plus the given shape and schedule.
+
+  Data and tokenizer (the paper names neither; ours): FineWeb-Edu prepared as the tfds
+  dataset `fineweb_edu` in `data/tfds`, and the GPT-NeoX-20B tokenizer (50,277 ids, padded
+  to the paper's 50,304 as OLMo 1 and Pythia do). With internet, from the directory you
+  train in:
+
+    curl -L --create-dirs -o tokenizers/gpt-neox-20b/tokenizer.json \
+        https://huggingface.co/EleutherAI/gpt-neox-20b/resolve/main/tokenizer.json
+    huggingface-cli download HuggingFaceFW/fineweb-edu --repo-type=dataset \
+        --include='sample/100BT/*' --local-dir=raw/fineweb-edu
+    python -m phd_jax.data.prepare --name=fineweb_edu --data_dir=data/tfds \
+        --train='raw/fineweb-edu/sample/100BT/*.parquet' --validation_percent=0.1
+
+  `sample/100BT` holds ~100B tokens (the 151M run); the 300B and 500B runs need the full
+  corpus (`--include='data/*'`, 1.3T tokens). Elsewhere, point --config.data.data_dir /
+  --config.data.tokenizer_path at the copies (gs:// works for the dataset).
+  """
   c.model.update(dict(vocab_size=50304, d_model=d_model, num_layers=num_layers,
                       num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
                       mlp_dim=mlp_dim, dtype="bfloat16", remat="full"))
@@ -112,5 +129,8 @@ def paper_scale(c, *, d_model, num_layers, num_heads, num_kv_heads, head_dim, ml
   c.mesh.data = 1
   c.mesh.fsdp = -1
   c.data.source = "tfds"
+  c.data.name = "fineweb_edu"
+  c.data.data_dir = "data/tfds"
   c.data.tokenizer = "hf"
+  c.data.tokenizer_path = "tokenizers/gpt-neox-20b/tokenizer.json"
   return c
