@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from phd_jax import optim, train
+from phd_jax import optim, state
 from test_train import small_config
 
 
@@ -49,7 +49,7 @@ def test_weight_decay_skips_norm_scales_and_embedding():
   """With zero gradients AdamW's update is -lr * wd * p exactly where decay applies."""
   c = schedule_config("cosine", warmup_steps=0, weight_decay=0.5, grad_clip=0.0)
   tx = optim.make_optimizer(c)
-  shapes = nnx.state(nnx.eval_shape(lambda: train._new_model(small_config())), nnx.Param)
+  shapes = nnx.state(nnx.eval_shape(lambda: state.new_model(small_config())), nnx.Param)
   params = jax.tree.map(lambda s: jnp.full(s.shape, 2.0), shapes)
   zeros = jax.tree.map(jnp.zeros_like, params)
   updates = jax.jit(lambda g, p: tx.update(g, tx.init(p), p)[0])(zeros, params)
