@@ -15,6 +15,14 @@ raises a ValueError naming it. Sizes, not contents: reading a whole checkpoint b
 hash it would cost as much as the save, so flipped bits inside array data go unnoticed
 (TensorStore checksums only its b-tree nodes; GCS checksums objects end to end).
 An export (`export_params`) is the same layout with only params, config and meta.
+
+Layer layouts: parameters are saved as the model holds them, stacked (`model.scan_layers`,
+`blocks/wq` of shape [L, ...]) or per layer (`blocks/0/wq`, ...). Restoring reads the saved
+layout from the params' tree metadata and, when it differs from the target's, restores in
+the saved layout and converts with `model.stack_layers` / `unstack_layers`, placing the
+result on the target's shardings. This covers params (warm starts, exports, evaluation,
+generation) and whole train states alike: the optimizer moments mirror the params and
+convert the same way.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from absl import logging
 from etils import epath
 
 from phd_jax import config as config_lib
+from phd_jax import model as model_lib
 
 PARAMS, TRAIN_STATE, DATA, CONFIG, META = "params", "train_state", "data", "config", "meta"
 INTEGRITY_FILE = "integrity.json"
@@ -186,6 +195,25 @@ def _restore_error(folder, error: Exception) -> ValueError:
 
 
 # ---------------------------------------------------------------------------------------------
+# Layer layouts (stacked or per layer), converted on restore.
+
+
+def _restore_in_layout(folder: epath.Path, abstract, restore):
+  """`restore(target) -> (tree, extra)` run on `abstract` (ShapeDtypeStructs with shardings,
+  holding params-like mappings) in the layer layout saved in `folder`; the tree comes back
+  in `abstract`'s layout and shardings."""
+  saved_stacked = model_lib.is_stacked(
+      ocp.StandardCheckpointHandler().metadata(folder / PARAMS).tree)
+  if saved_stacked == model_lib.is_stacked(abstract):
+    return restore(abstract)
+  to_saved, to_target = ((model_lib.stack_layers, model_lib.unstack_layers) if saved_stacked
+                         else (model_lib.unstack_layers, model_lib.stack_layers))
+  tree, extra = restore(to_saved(abstract))
+  shardings = jax.tree.map(lambda x: x.sharding, abstract)
+  return jax.jit(to_target, out_shardings=shardings)(tree), extra
+
+
+# ---------------------------------------------------------------------------------------------
 # The training run's checkpoints.
 
 
@@ -293,15 +321,19 @@ class Checkpointer:
     if problem := folder_problem(folder):
       raise ValueError(f"checkpoint {folder} is incomplete or corrupted: {problem}")
     _check_data_file(folder)
-    args = ocp.args.Composite(**{
-        PARAMS: ocp.args.StandardRestore(abstract_state.params),
-        TRAIN_STATE: ocp.args.StandardRestore(abstract_state.replace(params=None)),
-        DATA: ocp.args.JsonRestore()})
-    try:
-      restored = self._manager.restore(step, args=args)
-    except Exception as e:  # orbax/tensorstore raise many types; name the folder
-      raise _restore_error(folder, e) from e
-    return restored[TRAIN_STATE].replace(params=restored[PARAMS]), restored[DATA]
+
+    def restore(target):
+      args = ocp.args.Composite(**{
+          PARAMS: ocp.args.StandardRestore(target.params),
+          TRAIN_STATE: ocp.args.StandardRestore(target.replace(params=None)),
+          DATA: ocp.args.JsonRestore()})
+      try:
+        restored = self._manager.restore(step, args=args)
+      except Exception as e:  # orbax/tensorstore raise many types; name the folder
+        raise _restore_error(folder, e) from e
+      return restored[TRAIN_STATE].replace(params=restored[PARAMS]), restored[DATA]
+
+    return _restore_in_layout(folder, abstract_state, restore)
 
   def wait_until_finished(self):
     self._manager.wait_until_finished()
@@ -363,7 +395,8 @@ def _restore_items(folder: epath.Path, args: dict):
 def load_params(path, abstract_params):
   """Only the parameters of a checkpoint or export, on `abstract_params`' shardings."""
   folder = resolve(path)
-  return _restore_items(folder, {PARAMS: ocp.args.StandardRestore(abstract_params)})[PARAMS]
+  restore = lambda target: _restore_items(folder, {PARAMS: ocp.args.StandardRestore(target)})
+  return _restore_in_layout(folder, abstract_params, lambda t: (restore(t)[PARAMS], None))[0]
 
 
 def load_config(path) -> ml_collections.ConfigDict:

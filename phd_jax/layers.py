@@ -2,9 +2,10 @@
 SwiGLU and the token embedding.
 
 Every parameter carries logical axis names (`embed`, `mlp`, `q_heads`, `kv_heads`,
-`head_dim`, `vocab`, `norm`) as `out_sharding` metadata; `phd_jax.sharding` maps them onto
-the mesh. Eager sharding is off so that a model can be built without a mesh (tests, CPU)
-and sharded by `jit(..., out_shardings=...)` when there is one.
+`head_dim`, `vocab`, `norm`; `layers` for the stacked blocks) as `out_sharding` metadata;
+`phd_jax.sharding` maps them onto the mesh. Eager sharding is off so that a model can be
+built without a mesh (tests, CPU) and sharded by `jit(..., out_shardings=...)` when there
+is one.
 """
 
 from __future__ import annotations
@@ -22,13 +23,19 @@ def constrain(x, axes: tuple[str | None, ...]):
   """Pin an activation's layout by logical axis names (e.g. `activation_batch`).
 
   Active only while tracing under a mesh (`jax.set_mesh`) and logical rules
-  (`nnx.logical_axis_rules`), as `phd_jax.sharding` sets them; names without a rule are
-  replicated. Elsewhere (tests, one device) it returns `x` unchanged.
+  (`nnx.logical_axis_rules`), as `phd_jax.sharding` sets them; a name without a rule is an
+  error, as in `sharding.logical_to_spec` (None replicates). Elsewhere (tests, one device)
+  it returns `x` unchanged.
   """
   rules = dict(spmd.get_logical_axis_rules() or ())
   if not rules or jax.sharding.get_abstract_mesh().empty:
     return x
-  return jax.lax.with_sharding_constraint(x, PartitionSpec(*(rules.get(a) for a in axes)))
+  unknown = [a for a in axes if a is not None and a not in rules]
+  if unknown:
+    raise ValueError(f"logical axes {unknown} have no rule in the active logical axis rules "
+                     "(phd_jax.sharding.RULES)")
+  return jax.lax.with_sharding_constraint(
+      x, PartitionSpec(*(None if a is None else rules[a] for a in axes)))
 
 
 def param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str, ...],
@@ -56,15 +63,15 @@ class RMSNorm(nnx.Module):
     return (x32 * inv_rms * self.scale[...]).astype(x.dtype)
 
 
-def rope(x_BTKHD, positions_BTK, theta: float):
+def rope(x_BTKHDh, positions_BTK, theta: float):
   """Rotary embedding (rotate-half convention) at integer positions, one per copy."""
-  head_dim = x_BTKHD.shape[-1]
+  head_dim = x_BTKHDh.shape[-1]
   freq = theta ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
   angle = positions_BTK[..., None, None].astype(jnp.float32) * freq  # [B, T, K, 1, Dh/2]
   sin, cos = jnp.sin(angle), jnp.cos(angle)
-  x1, x2 = jnp.split(x_BTKHD.astype(jnp.float32), 2, axis=-1)
+  x1, x2 = jnp.split(x_BTKHDh.astype(jnp.float32), 2, axis=-1)
   rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-  return rotated.astype(x_BTKHD.dtype)
+  return rotated.astype(x_BTKHDh.dtype)
 
 
 class SwiGLU(nnx.Module):

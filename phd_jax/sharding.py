@@ -30,6 +30,7 @@ RULES = (
     ("head_dim", None),
     ("vocab", "tensor"),
     ("norm", None),
+    ("layers", None),  # the stacked blocks' layer axis: every device holds every layer
     # activations: batch over every data-parallel axis; embed stays whole between blocks
     ("activation_batch", ("data", "fsdp")),
     ("activation_length", None),

@@ -10,7 +10,7 @@ from flax import nnx
 
 from phd_jax.loss import next_token_loss
 from phd_jax.masks import parse_variant
-from phd_jax.model import ModelConfig, Transformer, copy_positions
+from phd_jax.model import ModelConfig, Transformer, copy_positions, unstack_layers
 
 CFG = ModelConfig(vocab_size=61, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
                   head_dim=8, mlp_dim=48, rope_theta=10_000.0, attention_impl="dense")
@@ -34,7 +34,10 @@ def tokens(B=2, T=11, seed=1, vocab=CFG.vocab_size):
 def reference_vanilla_logits(model, toks, norm_style="reordered"):
   """A plain causal OLMo2 transformer written from scratch over the model's raw arrays."""
   cfg = model.cfg
-  p = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+  params = nnx.state(model, nnx.Param)
+  if cfg.scan_layers:
+    params = unstack_layers(params)
+  p = jax.tree.map(np.asarray, nnx.to_pure_dict(params))
 
   def rms(x, scale, axes):
     return x / np.sqrt(np.mean(x * x, axis=axes, keepdims=True) + cfg.norm_eps) * scale
@@ -83,9 +86,11 @@ def reference_vanilla_logits(model, toks, norm_style="reordered"):
   return rms(x, p["final_norm"]["scale"], -1) @ p["lm_head"]
 
 
-@pytest.mark.parametrize("norm_style", ["reordered", "pre"])
-def test_vanilla_equals_independent_transformer(norm_style):
-  model = make("Vanilla", dataclasses.replace(CFG, norm_style=norm_style))
+@pytest.mark.parametrize("norm_style,scan_layers", [("reordered", True), ("pre", True),
+                                                    ("reordered", False)])
+def test_vanilla_equals_independent_transformer(norm_style, scan_layers):
+  model = make("Vanilla", dataclasses.replace(CFG, norm_style=norm_style,
+                                              scan_layers=scan_layers))
   toks = tokens()
   np.testing.assert_allclose(np.asarray(model(toks)),
                              reference_vanilla_logits(model, toks, norm_style),
@@ -118,13 +123,13 @@ def run_blocks(model, x_BTKD):
   T = x_BTKD.shape[1]
   positions = jnp.broadcast_to(jnp.arange(T), x_BTKD.shape[:2])
   for block in model.blocks:
-    x_BTKD = block(x_BTKD, copy_positions(model.spec, positions), None, positions)
+    x_BTKD, _ = block(x_BTKD, copy_positions(model.spec, positions), None, positions)
   return x_BTKD
 
 
 @pytest.mark.parametrize("variant", VARIANTS[1:])
 def test_perturbing_hidden_copies_leaves_originals(variant):
-  model = make(variant)
+  model = make(variant, dataclasses.replace(CFG, scan_layers=False))  # blocks one by one
   x = jax.random.normal(jax.random.key(0), (2, 9, model.spec.k, CFG.d_model))
   noisy = x.at[:, :, 1:].add(jax.random.normal(jax.random.key(1), x[:, :, 1:].shape))
   out, out_noisy = run_blocks(model, x), run_blocks(model, noisy)

@@ -52,7 +52,7 @@ def resolve(impl: str) -> str:
   return impl
 
 
-def attention(impl: str, q_BTKHD, k_BTKGD, v_BTKGD, spec, segment_ids_BT=None,
+def attention(impl: str, q_BTKHDh, k_BTKGDh, v_BTKGDh, spec, segment_ids_BT=None,
               positions_BT=None):
-  return IMPLEMENTATIONS[resolve(impl)](q_BTKHD, k_BTKGD, v_BTKGD, spec, segment_ids_BT,
+  return IMPLEMENTATIONS[resolve(impl)](q_BTKHDh, k_BTKGDh, v_BTKGDh, spec, segment_ids_BT,
                                         positions_BT)

@@ -7,13 +7,15 @@ cut into blocks of `size >= lookback` tokens, and each block of queries scores o
 hidden keys of its own and the previous block: (K-1)*T*2*size*(K-1) scores instead of
 (K*T)^2, whatever the sequence length.
 
-Layouts: hidden queries `[B, Q, K-1, G, R, Dh]` (R = query heads per key/value head), hidden
-keys/values `[B, T, K-1, G, Dh]`; scores `[B, G, Q, K-1, R, J]` with J = span * (K-1)
-candidate keys per query block.
+Layouts: hidden queries `[B, Q, A, G, R, Dh]` (A = K-1 hidden copies, R = query heads per
+key/value head), hidden keys/values `[B, T, A, G, Dh]`; scores `[B, G, Q, A, R, J]` with
+J = span * A candidate keys per query block. The queries are the Q tokens from `start`,
+which may be traced (a scan over query blocks): every shape depends only on Q.
 """
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from phd_jax.masks import PHDSpec, visible
@@ -34,7 +36,7 @@ class HiddenBand:
   """Scores and outputs of hidden queries against the hidden keys their rules allow.
 
   Built once per call from the spec and the token metadata; `scores` and `outputs` work
-  on any query range [start, stop) of the sequence (static ints).
+  on the queries of any Q tokens [start, start+Q) of the sequence.
   """
 
   def __init__(self, spec: PHDSpec, num_tokens: int, segment_ids_BT=None,
@@ -49,34 +51,38 @@ class HiddenBand:
       positions_BT = jnp.arange(num_tokens)[None]
     self.chunk_positions = None if spec.chunk is None else positions_BT
 
-  def _num_blocks(self, start: int, stop: int) -> int:
-    return -(-(stop - start) // self.size)
+  def _num_blocks(self, length: int) -> int:
+    return -(-length // self.size)
 
-  def _key_blocks(self, x, start: int, stop: int):
+  def _key_blocks(self, x, start, length: int):
     """Per query block, the token-axis slice of `x` [B, T, ...] its keys come from:
     `[B, nb, span, ...]`, zero-padded outside the sequence."""
-    nb = self._num_blocks(start, stop)
-    lo, hi = start - self.halo, start + nb * self.size
-    piece = x[:, max(lo, 0):min(hi, self.num_tokens)]
+    nb = self._num_blocks(length)
     pad = [(0, 0)] * x.ndim
-    pad[1] = (max(-lo, 0), max(hi - self.num_tokens, 0))
-    piece = jnp.pad(piece, pad)
+    pad[1] = (self.halo, nb * self.size)  # token t sits at t + halo; start < T
+    piece = jax.lax.dynamic_slice_in_dim(jnp.pad(x, pad), start, nb * self.size + self.halo,
+                                         axis=1)  # tokens [start - halo, start + nb*size)
     blocks = piece.reshape(x.shape[0], -1, self.size, *x.shape[2:])
     if self.halo:  # block n's keys: tokens of blocks n-1 and n
       blocks = jnp.concatenate([blocks[:, :-1], blocks[:, 1:]], axis=2)
     return blocks
 
-  def _query_blocks(self, x, start: int, stop: int):
-    """`x` [B, stop-start, ...] padded and cut into `[B, nb, size, ...]`."""
-    nb = self._num_blocks(start, stop)
-    pad = [(0, 0)] * x.ndim
-    pad[1] = (0, nb * self.size - x.shape[1])
-    return jnp.pad(x, pad).reshape(x.shape[0], nb, self.size, *x.shape[2:])
+  def _query_blocks(self, x_BQ_):
+    """Per-query values `[B, Q, ...]` padded and cut into `[B, nb, size, ...]`."""
+    nb = self._num_blocks(x_BQ_.shape[1])
+    pad = [(0, 0)] * x_BQ_.ndim
+    pad[1] = (0, nb * self.size - x_BQ_.shape[1])
+    return jnp.pad(x_BQ_, pad).reshape(x_BQ_.shape[0], nb, self.size, *x_BQ_.shape[2:])
 
-  def _mask(self, start: int, stop: int):
-    """Allowed (query, key) pairs, `[B|1, nb, size, K-1, span * (K-1)]`."""
+  def _queries_of(self, x_BT, start, length: int):
+    """Tokens [start, start+length) of per-token values `[B, T]`, in query blocks."""
+    padded = jnp.pad(x_BT, ((0, 0), (0, length)))
+    return self._query_blocks(jax.lax.dynamic_slice_in_dim(padded, start, length, axis=1))
+
+  def _mask(self, start, length: int):
+    """Allowed (query, key) pairs, `[B|1, nb, size, A, span * A]`."""
     spec, kh = self.spec, self.spec.k - 1
-    nb = self._num_blocks(start, stop)
+    nb = self._num_blocks(length)
     block = jnp.arange(nb)[None, :, None, None, None, None] * self.size  # [1, nb, ...]
     q_tok = start + block + jnp.arange(self.size)[:, None, None, None]
     k_tok = start - self.halo + block + jnp.arange(self.span)[:, None]
@@ -84,36 +90,36 @@ class HiddenBand:
     k_copy = jnp.arange(1, kh + 1)
     q_chunk_pos = k_chunk_pos = None
     if self.chunk_positions is not None:
-      q_chunk_pos = self._query_blocks(self.chunk_positions[:, start:stop], start, stop)
-      k_chunk_pos = self._key_blocks(self.chunk_positions, start, stop)
+      q_chunk_pos = self._queries_of(self.chunk_positions, start, length)
+      k_chunk_pos = self._key_blocks(self.chunk_positions, start, length)
       q_chunk_pos = q_chunk_pos[..., :, None, None, None]
       k_chunk_pos = k_chunk_pos[..., None, None, :, None]
     allowed = visible(spec, q_tok, q_copy, k_tok, k_copy, q_chunk_pos, k_chunk_pos)
     allowed = allowed & (k_tok >= 0) & (k_tok < self.num_tokens)
     if self.segment_ids is not None:
-      q_seg = self._query_blocks(self.segment_ids[:, start:stop], start, stop)
-      k_seg = self._key_blocks(self.segment_ids, start, stop)
+      q_seg = self._queries_of(self.segment_ids, start, length)
+      k_seg = self._key_blocks(self.segment_ids, start, length)
       allowed = allowed & (q_seg[..., :, None, None, None] == k_seg[..., None, None, :, None])
     return allowed.reshape(*allowed.shape[:-2], -1)
 
-  def scores(self, q_BQAGRD, k_BTAGD, start: int, stop: int):
-    """Masked float32 scores `[B, G, Q, K-1, R, J]` of the hidden queries of tokens
-    [start, stop) against their candidate hidden keys."""
-    B, Q, kh, G, R, Dh = q_BQAGRD.shape
-    q = self._query_blocks(q_BQAGRD, start, stop)
-    k = self._key_blocks(k_BTAGD, start, stop)
+  def scores(self, q_BQAGRDh, k_BTAGDh, start):
+    """Masked float32 scores `[B, G, Q, A, R, J]` of the hidden queries of tokens
+    [start, start+Q) against their candidate hidden keys."""
+    B, Q, kh, G, R, Dh = q_BQAGRDh.shape
+    q = self._query_blocks(q_BQAGRDh)
+    k = self._key_blocks(k_BTAGDh, start, Q)
     k = k.reshape(B, k.shape[1], -1, G, Dh)  # [B, nb, J, G, Dh]
     s = jnp.einsum("bnsagrd,bnjgd->bgnsarj", q, k,
                    preferred_element_type=jnp.float32) * Dh**-0.5
-    mask = self._mask(start, stop)[:, None, :, :, :, None, :]
+    mask = self._mask(start, Q)[:, None, :, :, :, None, :]
     s = jnp.where(mask, s, MASKED)
     return s.reshape(B, G, -1, kh, R, s.shape[-1])[:, :, :Q]
 
-  def outputs(self, probs_BGQARJ, v_BTAGD, start: int, stop: int):
-    """Probability-weighted hidden values, `[B, Q, K-1, G, R, Dh]`."""
+  def outputs(self, probs_BGQARJ, v_BTAGDh, start):
+    """Probability-weighted hidden values, `[B, Q, A, G, R, Dh]`."""
     B, G, Q, kh, R, J = probs_BGQARJ.shape
-    p = self._query_blocks(jnp.swapaxes(probs_BGQARJ, 1, 2), start, stop)  # [B, nb, S, G, ..]
-    v = self._key_blocks(v_BTAGD, start, stop)
+    p = self._query_blocks(jnp.swapaxes(probs_BGQARJ, 1, 2))  # [B, nb, size, G, ...]
+    v = self._key_blocks(v_BTAGDh, start, Q)
     v = v.reshape(B, v.shape[1], J, G, v.shape[-1])
     out = jnp.einsum("bnsgarj,bnjgd->bnsagrd", p.astype(v.dtype), v)
     return out.reshape(B, -1, kh, G, R, out.shape[-1])[:, :Q]

@@ -52,10 +52,10 @@ class CudnnCausal:
   def forward(self, q, k, v, segment_ids):
     fa = _cudnn()
     inputs, static = self._args(q, segment_ids)
-    o, stats_BNT = fa._dot_product_attention_fwd(  # pylint: disable=protected-access
+    o, stats_BHcT = fa._dot_product_attention_fwd(  # pylint: disable=protected-access
         q, k, v, *inputs, **static, cudnn_version=fa.check_cudnn_version(),
         return_residual=True)
-    return o, jnp.swapaxes(stats_BNT, 1, 2)
+    return o, jnp.swapaxes(stats_BHcT, 1, 2)
 
   def backward(self, q, k, v, segment_ids, o, lse, do):
     fa = _cudnn()
@@ -66,17 +66,17 @@ class CudnnCausal:
     return grads[:3]
 
 
-def cudnn_supports(q_BTKHD) -> bool:
+def cudnn_supports(q_BTKHDh) -> bool:
   """Whether cuDNN flash attention takes these inputs."""
-  T, Dh = q_BTKHD.shape[1], q_BTKHD.shape[-1]
-  return q_BTKHD.dtype in CUDNN_DTYPES and Dh % 8 == 0 and Dh <= 128 and T % 2 == 0
+  T, Dh = q_BTKHDh.shape[1], q_BTKHDh.shape[-1]
+  return q_BTKHDh.dtype in CUDNN_DTYPES and Dh % 8 == 0 and Dh <= 128 and T % 2 == 0
 
 
-def cudnn_attention(q_BTKHD, k_BTKGD, v_BTKGD, spec: PHDSpec, segment_ids_BT=None,
+def cudnn_attention(q_BTKHDh, k_BTKGDh, v_BTKGDh, spec: PHDSpec, segment_ids_BT=None,
                     positions_BT=None):
   """PHD attention `[B, T, K, H, Dh]`: cuDNN where it applies, else `structured`."""
-  if not cudnn_supports(q_BTKHD):
-    return structured_attention(q_BTKHD, k_BTKGD, v_BTKGD, spec, segment_ids_BT,
+  if not cudnn_supports(q_BTKHDh):
+    return structured_attention(q_BTKHDh, k_BTKGDh, v_BTKGDh, spec, segment_ids_BT,
                                 positions_BT)
-  return split_attention(CudnnCausal(), q_BTKHD, k_BTKGD, v_BTKGD, spec, segment_ids_BT,
+  return split_attention(CudnnCausal(), q_BTKHDh, k_BTKGDh, v_BTKGDh, spec, segment_ids_BT,
                          positions_BT)

@@ -14,14 +14,14 @@ from phd_jax.masks import PHDSpec, spec_mask
 MASKED = -1e30  # finite, so fully masked rows (never produced by PHD) could not make NaNs
 
 
-def dense_attention(q_BTKHD, k_BTKGD, v_BTKGD, spec: PHDSpec, segment_ids_BT=None,
+def dense_attention(q_BTKHDh, k_BTKGDh, v_BTKGDh, spec: PHDSpec, segment_ids_BT=None,
                     positions_BT=None):
   """Grouped-query attention under `phd_mask`; returns `[B, T, K, H, Dh]`."""
-  B, T, K, H, Dh = q_BTKHD.shape
-  G = k_BTKGD.shape[3]
-  q = q_BTKHD.reshape(B, T * K, G, H // G, Dh)
-  k = k_BTKGD.reshape(B, T * K, G, Dh)
-  v = v_BTKGD.reshape(B, T * K, G, Dh)
+  B, T, K, H, Dh = q_BTKHDh.shape
+  G = k_BTKGDh.shape[3]
+  q = q_BTKHDh.reshape(B, T * K, G, H // G, Dh)
+  k = k_BTKGDh.reshape(B, T * K, G, Dh)
+  v = v_BTKGDh.reshape(B, T * K, G, Dh)
   logits_BGRQS = jnp.einsum("bqgrd,bsgd->bgrqs", q, k,
                             preferred_element_type=jnp.float32) * Dh**-0.5
   mask = spec_mask(spec, T, segment_ids=segment_ids_BT, positions=positions_BT)

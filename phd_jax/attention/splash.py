@@ -57,27 +57,27 @@ class SplashCausal:
   block: int = 512
   interpret: bool = False  # Pallas interpret mode: runs (slowly) on CPU, for tests
 
-  def _setup(self, q_BTND, k_BTGD, segment_ids_BT):
+  def _setup(self, q_BTHcDh, k_BTGDh, segment_ids_BT):
     """The kernel, tile-padded length, and layout changes in and out of splash."""
-    B, T, N, Dh = q_BTND.shape
-    G = k_BTGD.shape[2]
+    B, T, Hc, Dh = q_BTHcDh.shape
+    G = k_BTGDh.shape[2]
     block = min(self.block, -(-T // LANES) * LANES)
     length = -(-T // block) * block
-    kernel = _causal_kernel(N // G, length, block, self.interpret)
+    kernel = _causal_kernel(Hc // G, length, block, self.interpret)
     segments = None
     if segment_ids_BT is not None:
       seg = _pad_tokens(segment_ids_BT.astype(jnp.int32), 1, length, PAD_SEGMENT)
       segments = sk.SegmentIds(q=seg, kv=seg)
 
-    def q_in(x_BTN_):  # [B, T, N, ...] -> [B, G, N/G, length, ...]
-      x = x_BTN_.reshape(B, T, G, N // G, *x_BTN_.shape[3:])
+    def q_in(x_BTHc_):  # [B, T, Hc, ...] -> [B, G, Rc, length, ...]
+      x = x_BTHc_.reshape(B, T, G, Hc // G, *x_BTHc_.shape[3:])
       return _pad_tokens(jnp.moveaxis(x, 1, 3), 3, length)
 
-    def kv_in(x_BTGD):
-      return _pad_tokens(jnp.moveaxis(x_BTGD, 1, 2), 2, length)
+    def kv_in(x_BTGDh):
+      return _pad_tokens(jnp.moveaxis(x_BTGDh, 1, 2), 2, length)
 
     def q_out(x):
-      return jnp.moveaxis(x[:, :, :, :T], 3, 1).reshape(B, T, N, *x.shape[4:])
+      return jnp.moveaxis(x[:, :, :, :T], 3, 1).reshape(B, T, Hc, *x.shape[4:])
 
     return kernel, segments, q_in, kv_in, q_out
 
@@ -123,18 +123,18 @@ def _shard_axes(mesh, axes, size: int):
   return axes if size % math.prod(mesh.shape[a] for a in names) == 0 else None
 
 
-def splash_attention(q_BTKHD, k_BTKGD, v_BTKGD, spec: PHDSpec, segment_ids_BT=None,
+def splash_attention(q_BTKHDh, k_BTKGDh, v_BTKGDh, spec: PHDSpec, segment_ids_BT=None,
                      positions_BT=None, *, interpret: bool = False):
   """PHD attention `[B, T, K, H, Dh]` with splash kernels (TPU, or interpret mode)."""
   kernel = SplashCausal(interpret=interpret)
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
-    return split_attention(kernel, q_BTKHD, k_BTKGD, v_BTKGD, spec, segment_ids_BT,
+    return split_attention(kernel, q_BTKHDh, k_BTKGDh, v_BTKGDh, spec, segment_ids_BT,
                            positions_BT)
   # Pallas calls are not partitioned by XLA: run them per shard.
   rules = dict(spmd.get_logical_axis_rules() or ())
-  batch = _shard_axes(mesh, rules.get("activation_batch"), q_BTKHD.shape[0])
-  heads = _shard_axes(mesh, rules.get("kv_heads"), k_BTKGD.shape[3])
+  batch = _shard_axes(mesh, rules.get("activation_batch"), q_BTKHDh.shape[0])
+  heads = _shard_axes(mesh, rules.get("kv_heads"), k_BTKGDh.shape[3])
   per_token = [x for x in (segment_ids_BT, positions_BT) if x is not None]
 
   def local(q, k, v, *tokens):
@@ -146,4 +146,4 @@ def splash_attention(q_BTKHD, k_BTKGD, v_BTKGD, spec: PHDSpec, segment_ids_BT=No
   qkv_spec = P(batch, None, None, heads, None)
   return jax.shard_map(local, in_specs=(qkv_spec,) * 3 + (P(batch, None),) * len(per_token),
                        out_specs=qkv_spec, check_vma=False)(
-                           q_BTKHD, k_BTKGD, v_BTKGD, *per_token)
+                           q_BTKHDh, k_BTKGDh, v_BTKGDh, *per_token)

@@ -10,9 +10,9 @@ identity dS = P * (dO.V - rowsum(dO * O)) then holds part by part, because P = e
 restricted to a part is that part's share of the one softmax. No extra kernel pass.
 
 A kernel is an object with
-  forward(q_BTND, k_BTGD, v_BTGD, segment_ids_BT) -> (o_BTND, lse_BTN float32)
+  forward(q_BTHcDh, k_BTGDh, v_BTGDh, segment_ids_BT) -> (o_BTHcDh, lse_BTHc float32)
   backward(q, k, v, segment_ids, o, lse, do) -> (dq, dk, dv)   # o, lse: the merged ones
-for causal grouped-query attention (query head n uses key/value head n // (N // G)).
+for causal grouped-query attention (query head n uses key/value head n // (Hc // G)).
 `XlaCausal` is the plain-JAX kernel that makes the merge testable on any backend.
 """
 
@@ -44,30 +44,30 @@ def residual_grads(attend, primals, o, lse, do):
   return vjp(do)
 
 
-def _causal_scores(q_BTND, k_BTGD, segment_ids_BT):
-  """Masked float32 scores `[B, G, N/G, T, S]` of causal grouped-query attention."""
-  B, T, N, Dh = q_BTND.shape
-  G = k_BTGD.shape[2]
-  q = q_BTND.reshape(B, T, G, N // G, Dh)
-  s = jnp.einsum("btgnd,bsgd->bgnts", q, k_BTGD, preferred_element_type=jnp.float32)
+def _causal_scores(q_BTHcDh, k_BTGDh, segment_ids_BT):
+  """Masked float32 scores `[B, G, Rc, T, S]` of causal grouped-query attention."""
+  B, T, Hc, Dh = q_BTHcDh.shape
+  G = k_BTGDh.shape[2]
+  q = q_BTHcDh.reshape(B, T, G, Hc // G, Dh)
+  s = jnp.einsum("btgnd,bsgd->bgnts", q, k_BTGDh, preferred_element_type=jnp.float32)
   mask = (jnp.arange(T) <= jnp.arange(T)[:, None])[None]
   if segment_ids_BT is not None:
     mask = mask & (segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :])
   return jnp.where(mask[:, None, None], s * Dh**-0.5, MASKED)
 
 
-def _causal_values(p_BGNTS, v_BTGD):
-  out = jnp.einsum("bgnts,bsgd->btgnd", p_BGNTS.astype(v_BTGD.dtype), v_BTGD)
-  return out.reshape(*out.shape[:2], -1, out.shape[-1])  # [B, T, N, Dh]
+def _causal_values(p_BGRcTS, v_BTGDh):
+  out = jnp.einsum("bgnts,bsgd->btgnd", p_BGRcTS.astype(v_BTGDh.dtype), v_BTGDh)
+  return out.reshape(*out.shape[:2], -1, out.shape[-1])  # [B, T, Hc, Dh]
 
 
-def _heads_last(x_BGNT):
-  return jnp.moveaxis(x_BGNT.reshape(x_BGNT.shape[0], -1, x_BGNT.shape[-1]), 1, -1)
+def _heads_last(x_BGRcT):
+  return jnp.moveaxis(x_BGRcT.reshape(x_BGRcT.shape[0], -1, x_BGRcT.shape[-1]), 1, -1)
 
 
-def _causal_attend(q, k, v, segment_ids, lse_BTN):
-  B, T, N, _ = q.shape
-  lse = jnp.moveaxis(lse_BTN, 1, -1).reshape(B, k.shape[2], -1, T)  # [B, G, N/G, T]
+def _causal_attend(q, k, v, segment_ids, lse_BTHc):
+  B, T, Hc, _ = q.shape
+  lse = jnp.moveaxis(lse_BTHc, 1, -1).reshape(B, k.shape[2], -1, T)  # [B, G, Rc, T]
   p = jnp.exp(_causal_scores(q, k, segment_ids) - lse[..., None])
   return _causal_values(p, v), _heads_last(p.sum(-1))
 
@@ -92,8 +92,8 @@ def _fold(x_BTKGR_):
   return x.reshape(*x.shape[:2], -1, *x.shape[5:])
 
 
-def _unfold(x_BTN_, K: int, G: int):
-  x = x_BTN_.reshape(*x_BTN_.shape[:2], G, K, -1, *x_BTN_.shape[3:])
+def _unfold(x_BTHc_, K: int, G: int):
+  x = x_BTHc_.reshape(*x_BTHc_.shape[:2], G, K, -1, *x_BTHc_.shape[3:])
   return jnp.swapaxes(x, 2, 3)
 
 
@@ -103,39 +103,38 @@ def _band_layout(x_BGTAR):  # the band's [B, G, T, K-1, R] -> the model's [B, T,
 
 def _band_attend(band: HiddenBand, q_h, k_h, v_h, lse_BTAGR):
   """(sum_j p_ij v_j, sum_j p_ij) over the hidden band, p = exp(s - lse)."""
-  T = q_h.shape[1]
   lse_BGTAR = jnp.transpose(lse_BTAGR, (0, 3, 1, 2, 4))
-  p = jnp.exp(band.scores(q_h, k_h, 0, T) - lse_BGTAR[..., None])
-  return band.outputs(p, v_h, 0, T), _band_layout(p.sum(-1))
+  p = jnp.exp(band.scores(q_h, k_h, 0) - lse_BGTAR[..., None])
+  return band.outputs(p, v_h, 0), _band_layout(p.sum(-1))
 
 
-def _split_fwd(kernel, spec: PHDSpec, q_BTKHD, k_BTKGD, v_BTKGD, segment_ids_BT,
+def _split_fwd(kernel, spec: PHDSpec, q_BTKHDh, k_BTKGDh, v_BTKGDh, segment_ids_BT,
                positions_BT):
-  B, T, K, H, Dh = q_BTKHD.shape
-  G = k_BTKGD.shape[3]
-  q = q_BTKHD.reshape(B, T, K, G, H // G, Dh)
-  o_orig, lse_orig = kernel.forward(_fold(q), k_BTKGD[:, :, 0], v_BTKGD[:, :, 0],
+  B, T, K, H, Dh = q_BTKHDh.shape
+  G = k_BTKGDh.shape[3]
+  q = q_BTKHDh.reshape(B, T, K, G, H // G, Dh)
+  o_orig, lse_orig = kernel.forward(_fold(q), k_BTKGDh[:, :, 0], v_BTKGDh[:, :, 0],
                                     segment_ids_BT)
   o, lse = _unfold(o_orig, K, G), _unfold(lse_orig, K, G)  # [B, T, K, G, R, ...]
   if K > 1:
     band = HiddenBand(spec, T, segment_ids_BT, positions_BT)
-    s = band.scores(q[:, :, 1:], k_BTKGD[:, :, 1:], 0, T)
+    s = band.scores(q[:, :, 1:], k_BTKGDh[:, :, 1:], 0)
     lse_band = jax.nn.logsumexp(s, axis=-1, keepdims=True)
-    o_band = band.outputs(jnp.exp(s - lse_band), v_BTKGD[:, :, 1:], 0, T)
+    o_band = band.outputs(jnp.exp(s - lse_band), v_BTKGDh[:, :, 1:], 0)
     lse_band = _band_layout(lse_band[..., 0])
     lse_hidden = jnp.logaddexp(lse[:, :, 1:], lse_band)
     o_hidden = (jnp.exp(lse[:, :, 1:] - lse_hidden)[..., None] * o[:, :, 1:] +
                 jnp.exp(lse_band - lse_hidden)[..., None] * o_band)
     o = jnp.concatenate([o[:, :, :1], o_hidden.astype(o.dtype)], axis=2)
     lse = jnp.concatenate([lse[:, :, :1], lse_hidden], axis=2)
-  residuals = (q, k_BTKGD, v_BTKGD, segment_ids_BT, positions_BT, o, lse)
+  residuals = (q, k_BTKGDh, v_BTKGDh, segment_ids_BT, positions_BT, o, lse)
   return o.reshape(B, T, K, H, Dh), residuals
 
 
-def _split_bwd(kernel, spec: PHDSpec, residuals, do_BTKHD):
+def _split_bwd(kernel, spec: PHDSpec, residuals, do_BTKHDh):
   q, k, v, segment_ids_BT, positions_BT, o, lse = residuals
   B, T, K, G, R, Dh = q.shape
-  do = do_BTKHD.reshape(q.shape)
+  do = do_BTKHDh.reshape(q.shape)
   dq, dk0, dv0 = kernel.backward(_fold(q), k[:, :, 0], v[:, :, 0], segment_ids_BT,
                                  _fold(o), _fold(lse), _fold(do))
   dq = _unfold(dq, K, G)
@@ -148,19 +147,19 @@ def _split_bwd(kernel, spec: PHDSpec, residuals, do_BTKHD):
     dq = dq.at[:, :, 1:].add(dq_h)
     dk = jnp.concatenate([dk, dk_h], axis=2)
     dv = jnp.concatenate([dv, dv_h], axis=2)
-  return dq.reshape(do_BTKHD.shape), dk, dv, None, None
+  return dq.reshape(do_BTKHDh.shape), dk, dv, None, None
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _split(kernel, spec, q_BTKHD, k_BTKGD, v_BTKGD, segment_ids_BT, positions_BT):
-  return _split_fwd(kernel, spec, q_BTKHD, k_BTKGD, v_BTKGD, segment_ids_BT,
+def _split(kernel, spec, q_BTKHDh, k_BTKGDh, v_BTKGDh, segment_ids_BT, positions_BT):
+  return _split_fwd(kernel, spec, q_BTKHDh, k_BTKGDh, v_BTKGDh, segment_ids_BT,
                     positions_BT)[0]
 
 
 _split.defvjp(_split_fwd, _split_bwd)
 
 
-def split_attention(kernel, q_BTKHD, k_BTKGD, v_BTKGD, spec: PHDSpec, segment_ids_BT=None,
+def split_attention(kernel, q_BTKHDh, k_BTKGDh, v_BTKGDh, spec: PHDSpec, segment_ids_BT=None,
                     positions_BT=None):
   """PHD attention `[B, T, K, H, Dh]`: `kernel` on the originals, the band in JAX, merged."""
-  return _split(kernel, spec, q_BTKHD, k_BTKGD, v_BTKGD, segment_ids_BT, positions_BT)
+  return _split(kernel, spec, q_BTKHDh, k_BTKGDh, v_BTKGDh, segment_ids_BT, positions_BT)

@@ -12,7 +12,7 @@ import functools
 import jax.numpy as jnp
 
 from phd_jax.attention.band import MASKED
-from phd_jax.decode.cache import Cache
+from phd_jax.decode.cache import Cache, LayerCache
 from phd_jax.masks import PHDSpec, visible
 
 
@@ -46,27 +46,28 @@ def cached_masks(spec: PHDSpec, cache: Cache, start, limit: int, positions_BN, r
   return masks
 
 
-def cached_attention(cache: Cache, layer: int, limit: int, masks_BQM, q_BNCHD, k_BNCGD,
-                     v_BNCGD):
-  """Grouped-query attention of the new copies over [cache[:limit] | window | new].
+def cached_attention(layer: LayerCache, limit: int, masks_BQM, q_BNCHDh, k_BNCGDh,
+                     v_BNCGDh):
+  """Grouped-query attention of the new copies over [cache[:limit] | window | new] of one
+  layer.
 
   One softmax over all keys, computed per key part (a joint max and sum) so that the
   cache is read in place rather than copied into a concatenation every step.
   """
-  B, N, C, H, Dh = q_BNCHD.shape
-  G = k_BNCGD.shape[3]
-  q_BQGRD = q_BNCHD.reshape(B, N * C, G, H // G, Dh)
-  parts = [(cache.keys[layer][:, :limit], cache.values[layer][:, :limit])]
-  if cache.window is not None:
-    parts.append((cache.window.keys[layer], cache.window.values[layer]))
-  parts.append((k_BNCGD.reshape(B, N * C, G, Dh), v_BNCGD.reshape(B, N * C, G, Dh)))
+  B, N, C, H, Dh = q_BNCHDh.shape
+  G = k_BNCGDh.shape[3]
+  q_BQGRDh = q_BNCHDh.reshape(B, N * C, G, H // G, Dh)
+  parts = [(layer.keys[:, :limit], layer.values[:, :limit])]
+  if layer.window_keys is not None:
+    parts.append((layer.window_keys, layer.window_values))
+  parts.append((k_BNCGDh.reshape(B, N * C, G, Dh), v_BNCGDh.reshape(B, N * C, G, Dh)))
   scores = [jnp.where(mask[:, None, None], jnp.einsum(
-      "bqgrd,bsgd->bgrqs", q_BQGRD, k.astype(q_BQGRD.dtype),
+      "bqgrd,bsgd->bgrqs", q_BQGRDh, k.astype(q_BQGRDh.dtype),
       preferred_element_type=jnp.float32) * Dh**-0.5, MASKED)
             for (k, _), mask in zip(parts, masks_BQM)]
   top = functools.reduce(jnp.maximum, [s.max(-1) for s in scores])
   exps = [jnp.exp(s - top[..., None]) for s in scores]
   inv_total = 1.0 / sum(e.sum(-1) for e in exps)[..., None]
-  out = sum(jnp.einsum("bgrqs,bsgd->bqgrd", (e * inv_total).astype(v_BNCGD.dtype),
-                       v.astype(v_BNCGD.dtype)) for e, (_, v) in zip(exps, parts))
+  out = sum(jnp.einsum("bgrqs,bsgd->bqgrd", (e * inv_total).astype(v_BNCGDh.dtype),
+                       v.astype(v_BNCGDh.dtype)) for e, (_, v) in zip(exps, parts))
   return out.reshape(B, N, C, H, Dh)

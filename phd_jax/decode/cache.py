@@ -1,7 +1,8 @@
 """Static-shape inference caches.
 
-`Cache.keys/values` hold copy 0 (the original) of every token so far: exactly the cache of
-a vanilla model of the same shape, whatever K. Plain PHD keeps nothing else: hidden copies'
+`Cache.keys/values` hold copy 0 (the original) of every token so far, every layer stacked
+on a leading L axis (the model's scan over layers slices them): exactly the cache of a
+vanilla model of the same shape, whatever K. Plain PHD keeps nothing else: hidden copies'
 K/V are used within their own token's forward pass and dropped. PHD-SWA/CSWA add a
 `HiddenWindow`: the most recent hidden K/V (W entries with window_unit="tokens",
 W*(K-1) with "positions"), which is all the window rule can reach.
@@ -26,23 +27,38 @@ from phd_jax.model import ModelConfig
 
 @flax.struct.dataclass
 class HiddenWindow:
-  keys: tuple[jax.Array, ...]  # per layer [B, N, G, Dh], oldest entry first
-  values: tuple[jax.Array, ...]
-  positions: jax.Array  # [B, N] int32 token position of each entry, -1 = empty
-  copies: jax.Array  # [B, N] int32 copy index (1..K-1) of each entry
+  keys: jax.Array  # [L, B, W, G, Dh], oldest entry first
+  values: jax.Array
+  positions: jax.Array  # [B, W] int32 token position of each entry, -1 = empty
+  copies: jax.Array  # [B, W] int32 copy index (1..K-1) of each entry
+
+
+@flax.struct.dataclass
+class LayerCache:
+  """The K/V one layer attends to: a Cache's stacked arrays, sliced by the layer scan."""
+  keys: jax.Array  # [B, S, G, Dh] (with a leading L axis before slicing)
+  values: jax.Array
+  window_keys: jax.Array | None = None  # [B, W, G, Dh]
+  window_values: jax.Array | None = None
 
 
 @flax.struct.dataclass
 class Cache:
-  keys: tuple[jax.Array, ...]  # per layer [B, S, G, Dh]: copy 0 of every token
-  values: tuple[jax.Array, ...]
+  keys: jax.Array  # [L, B, S, G, Dh]: copy 0 of every token
+  values: jax.Array
   first_slot: jax.Array  # [B] int32: slot of each row's first token (left padding)
   length: jax.Array  # [] int32: slots filled, the same for every row
   window: HiddenWindow | None = None  # SWA/CSWA only
 
   @property
   def cache_len(self) -> int:
-    return self.keys[0].shape[1]
+    return self.keys.shape[2]
+
+  def per_layer(self) -> LayerCache:
+    """Every layer's K/V, stacked on a leading L axis (the layer scan's inputs)."""
+    if self.window is None:
+      return LayerCache(self.keys, self.values)
+    return LayerCache(self.keys, self.values, self.window.keys, self.window.values)
 
 
 def window_entries(spec: PHDSpec) -> int:
@@ -56,14 +72,14 @@ def init_cache(cfg: ModelConfig, spec: PHDSpec, batch: int, cache_len: int,
                first_slot=None) -> Cache:
   """An empty cache of `cache_len` slots; `first_slot [B]` marks each row's left padding."""
   dtype = DTYPES[cfg.dtype]
-  kv_shape = (batch, cache_len, cfg.num_kv_heads, cfg.head_dim)
-  zeros = lambda shape: tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+  kv_shape = (cfg.num_layers, batch, cache_len, cfg.num_kv_heads, cfg.head_dim)
+  zeros = lambda shape: jnp.zeros(shape, dtype)
   window = None
   entries = window_entries(spec)
   if entries:
     window = HiddenWindow(
-        keys=zeros((batch, entries, cfg.num_kv_heads, cfg.head_dim)),
-        values=zeros((batch, entries, cfg.num_kv_heads, cfg.head_dim)),
+        keys=zeros((cfg.num_layers, batch, entries, cfg.num_kv_heads, cfg.head_dim)),
+        values=zeros((cfg.num_layers, batch, entries, cfg.num_kv_heads, cfg.head_dim)),
         positions=jnp.full((batch, entries), -1, jnp.int32),
         copies=jnp.zeros((batch, entries), jnp.int32))
   if first_slot is None:
@@ -73,30 +89,30 @@ def init_cache(cfg: ModelConfig, spec: PHDSpec, batch: int, cache_len: int,
                window=window)
 
 
-def write(cache: Cache, start, new_kv, positions_BN, real_BN) -> Cache:
-  """Store the K/V of N tokens computed in slots [start, start+N).
+def write(cache: Cache, start, k_LBNCGDh, v_LBNCGDh, positions_BN, real_BN) -> Cache:
+  """Store the K/V of N tokens computed in slots [start, start+N), every layer at once.
 
-  new_kv: per layer `(k, v)`, each `[B, N, C, G, Dh]` for the first C copies. Copy 0 goes
-  into the originals' cache; hidden copies (if any) enter the window in hidden-stream
-  order (token-major), pushing out the oldest entries; padding enters as empty entries.
+  k, v: the first C copies of each new token. Copy 0 goes into the originals' cache;
+  hidden copies (if any) enter the window in hidden-stream order (token-major), pushing
+  out the oldest entries; padding enters as empty entries.
   """
-  keys, values = [], []
-  for (k, v), ck, cv in zip(new_kv, cache.keys, cache.values):
-    keys.append(jax.lax.dynamic_update_slice_in_dim(ck, k[:, :, 0].astype(ck.dtype), start, 1))
-    values.append(jax.lax.dynamic_update_slice_in_dim(cv, v[:, :, 0].astype(cv.dtype), start, 1))
-  B, N, C = new_kv[0][0].shape[:3]
+  L, B, N, C = k_LBNCGDh.shape[:4]
+  originals = lambda old, new: jax.lax.dynamic_update_slice_in_dim(
+      old, new[:, :, :, 0].astype(old.dtype), start, axis=2)
   window = cache.window
   if window is not None and C > 1:
     entries = window.positions.shape[1]
-    slide = lambda old, new: jnp.concatenate([old, new.astype(old.dtype)], axis=1)[:, -entries:]
-    hidden = lambda x: x[:, :, 1:].reshape(B, N * (C - 1), *x.shape[3:])
+    slide = lambda old, new, axis: jax.lax.slice_in_dim(
+        jnp.concatenate([old, new.astype(old.dtype)], axis=axis), -entries, None, axis=axis)
+    hidden = lambda x: x[:, :, :, 1:].reshape(L, B, N * (C - 1), *x.shape[4:])
     window = HiddenWindow(
-        keys=tuple(slide(old, hidden(k)) for old, (k, _) in zip(window.keys, new_kv)),
-        values=tuple(slide(old, hidden(v)) for old, (_, v) in zip(window.values, new_kv)),
+        keys=slide(window.keys, hidden(k_LBNCGDh), 2),
+        values=slide(window.values, hidden(v_LBNCGDh), 2),
         positions=slide(window.positions,
-                        jnp.repeat(jnp.where(real_BN, positions_BN, -1), C - 1, axis=1)),
-        copies=slide(window.copies, jnp.tile(jnp.arange(1, C, dtype=jnp.int32), (B, N))))
-  return cache.replace(keys=tuple(keys), values=tuple(values),
+                        jnp.repeat(jnp.where(real_BN, positions_BN, -1), C - 1, axis=1), 1),
+        copies=slide(window.copies, jnp.tile(jnp.arange(1, C, dtype=jnp.int32), (B, N)), 1))
+  return cache.replace(keys=originals(cache.keys, k_LBNCGDh),
+                       values=originals(cache.values, v_LBNCGDh),
                        length=jnp.asarray(start + N, jnp.int32), window=window)
 
 

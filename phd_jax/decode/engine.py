@@ -1,8 +1,8 @@
 """Prefill, decoding steps and generation, run through the model's own blocks.
 
-Every forward here is `Transformer.hidden_states` with an injected attention function, so
-projections, norms, RoPE and MLPs are the training code; only where keys come from
-differs. A forward runs the first C copies (1: originals only, or all K) of N tokens
+Every forward here is `Transformer.hidden_states_with` an injected attention function, so
+projections, norms, RoPE, MLPs and the scan over layers are the training code; only where
+keys come from differs. A forward runs the first C copies (1: originals only, or all K) of N tokens
 placed in cache slots [start, start+N) and stores their K/V (`cache.write`).
 
 Prefill (PAPER.md "Inference"), on left-padded prompts:
@@ -46,31 +46,31 @@ def forward(model, cache: Cache, tokens_BN, start, copies: int):
 
   `start` is a Python int in prefill (keys: `cache[:start]`, or the training attention
   when the cache is still empty) and a traced scalar in decoding (the whole cache, masked).
+  Every layer's attention returns its new K/V, which the layer scan stacks for `write`.
   """
   spec = model.spec
-  B, N = tokens_BN.shape
+  N = tokens_BN.shape[1]
   positions_BN = start + jnp.arange(N)[None, :] - cache.first_slot[:, None]
   real_BN = positions_BN >= 0  # False on left padding
   positions_BN = jnp.maximum(positions_BN, 0)
-  new_kv = []
   if isinstance(start, int) and start == 0:  # nothing cached: the training attention
     sub_spec = spec if copies == spec.k else PHDSpec(k=1)  # originals alone: vanilla
     segment_ids_BN = real_BN.astype(jnp.int32)  # padding is segment 0, as in training
+    layer_inputs = None
 
-    def attend(layer, q, k, v):
-      new_kv.append((k, v))
+    def attend(_, q, k, v):
       return attention_lib.attention(model.cfg.attention_impl, q, k, v, sub_spec,
-                                     segment_ids_BN, positions_BN)
+                                     segment_ids_BN, positions_BN), (k, v)
   else:
     limit = start if isinstance(start, int) else cache.cache_len
     masks = cached_masks(spec, cache, start, limit, positions_BN, real_BN, copies)
+    layer_inputs = cache.per_layer()
 
     def attend(layer, q, k, v):
-      new_kv.append((k, v))
-      return cached_attention(cache, layer, limit, masks, q, k, v)
-  x_BNCD = model.hidden_states(tokens_BN, positions_BT=positions_BN, copies=copies,
-                               attend=attend)
-  return x_BNCD, write(cache, start, new_kv, positions_BN, real_BN)
+      return cached_attention(layer, limit, masks, q, k, v), (k, v)
+  x_BNCD, (k_LBNCGDh, v_LBNCGDh) = model.hidden_states_with(attend, tokens_BN, positions_BN,
+                                                            copies, layer_inputs)
+  return x_BNCD, write(cache, start, k_LBNCGDh, v_LBNCGDh, positions_BN, real_BN)
 
 
 def prefill(model, cache: Cache, tokens_BT, hidden_tokens: int):
