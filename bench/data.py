@@ -84,6 +84,7 @@ def main():
     c.data.num_workers, c.data.prefetch, c.data.data_dir = args.num_workers, 0, args.data_dir
     if tokenizer == "sentencepiece":
       c.model.vocab_size = int(np.ceil(args.sp_vocab / 128) * 128)
+    config_lib.validate(c)
     return c
 
   rows = [("synthetic", "-", config("synthetic")), ("stdlib", "byte", config("stdlib"))]
