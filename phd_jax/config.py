@@ -238,7 +238,7 @@ def _check_data(config, training: bool):
   vocabulary, and the splits a run reads (asked of the dataset's metadata, not its data)."""
   d = config.data
   _one_of("data.source", d.source, data.SOURCES)
-  if d.source == "synthetic":  # no files; its splits are fixed
+  if d.source in data.TOKEN_SOURCES:  # no files; their splits are fixed
     return
   try:
     tokenizer = data.make_tokenizer(config)

@@ -8,8 +8,9 @@
   tok = make_tokenizer(config)
 
 Sources (`config.data.source`): "synthetic" (a learnable Markov chain over the model's
-vocabulary, no files, no tokenizer), "stdlib" (the interpreter's standard library, prepared
-on first use) and "tfds" (an array_record dataset `data.name` in `data.data_dir`).
+vocabulary, no files, no tokenizer), "pointer_chase" (a multi-step lookup task, no files,
+no tokenizer), "stdlib" (the interpreter's standard library, prepared on first use) and
+"tfds" (an array_record dataset `data.name` in `data.data_dir`).
 
 Row r of every global batch is a fixed "lane" of the shuffled document stream (`packing`),
 so batches depend on (seed, batch_size, step) only: any process count reads disjoint,
@@ -19,13 +20,15 @@ exactly under M (`pipeline`).
 
 from __future__ import annotations
 
+from phd_jax.data import pointer_chase
 from phd_jax.data.iterator import BatchIterator
 from phd_jax.data.pipeline import PackedSource, merge_states
 from phd_jax.data.synthetic import SyntheticSource
 from phd_jax.data.tokenizers import check_vocab, make_tokenizer
 
-SOURCES = ("synthetic", "stdlib", "tfds")
-__all__ = ["make_iterator", "make_tokenizer", "merge_states", "SOURCES"]
+SOURCES = ("synthetic", "pointer_chase", "stdlib", "tfds")
+TOKEN_SOURCES = ("synthetic", "pointer_chase")  # token ids made directly: no text, no files
+__all__ = ["make_iterator", "make_tokenizer", "merge_states", "SOURCES", "TOKEN_SOURCES"]
 
 
 def _processes(process_index, process_count):
@@ -53,6 +56,10 @@ def _source(config, split, process_index, process_count, gather):
                process_index=process_index, process_count=process_count, seed=config.seed)
   if config.data.source == "synthetic":
     return SyntheticSource(vocab_size=config.model.vocab_size, split=split, **shape)
+  if config.data.source == "pointer_chase":
+    pointer_chase.check(config)
+    return pointer_chase.PointerChaseSource(nodes=config.data.chase_nodes,
+                                            hops=config.data.chase_hops, split=split, **shape)
   from phd_jax.data import sources
   tokenizer = make_tokenizer(config)
   check_vocab(tokenizer, config)

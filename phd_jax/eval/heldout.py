@@ -41,13 +41,14 @@ def _queries(batch) -> tuple[np.ndarray, np.ndarray]:
 
 
 def heldout_loss(scorer, config, num_batches: int) -> dict:
-  """loss (nats per token), perplexity, bits_per_byte (None for the synthetic source,
-  which has no text), and the counts they come from."""
+  """loss (nats per token), perplexity, bits_per_byte (None for the sources without text,
+  `data.TOKEN_SOURCES`), and the counts they come from."""
   if num_batches < 1:
     raise ValueError(f"the held-out loss needs at least one batch; got {num_batches}")
   sharding.check_batch(config, scorer.mesh)
   microbatches = config.microbatches
-  tokenizer = None if config.data.source == "synthetic" else data.make_tokenizer(config)
+  tokenizer = (None if config.data.source in data.TOKEN_SOURCES
+               else data.make_tokenizer(config))
   iterator = data.make_iterator(config, split="validation")
   local = {"targets": 0, "bytes": 0}
 

@@ -1,0 +1,41 @@
+"""Can the hidden copies carry serial computation? A pointer-chasing task.
+
+  python -m phd_jax.sweep --config=configs/mechanism.py --workdir=DIR --seeds=0 \
+      --variants=Vanilla,PHD-2,PHD-3,PHD-CSWA-3-4-8,Vanilla@model.num_layers=2,...
+  python -m phd_jax.eval.chase DIR/*/seed*
+
+Each answer is f(x) for a permutation f of 16 symbols listed in the same row
+(`data/pointer_chase.py`): the model must find x in the table and read the symbol after
+it, two attention steps one after the other (mark each symbol with its predecessor, then
+look it up), which one layer cannot do in one pass. The 1-layer model is the base: Vanilla
+with 2 and 3 layers spends 2x and 3x its compute per token in depth, PHD-K spends it in K
+copies of every token. All values are ours.
+"""
+
+from phd_jax import defaults
+
+
+def get_config(variant=None):
+  c = defaults.get_config(variant)
+  c.model.vocab_size = 128
+  c.model.d_model = 64
+  c.model.num_layers = 1
+  c.model.num_heads = 4
+  c.model.num_kv_heads = 2
+  c.model.head_dim = 16
+  c.model.mlp_dim = 192
+  c.model.rope_theta = 10_000.0
+  c.seq_len = 64  # BOS, a table of 16 pairs, a separator, 15 queries
+  c.batch_size = 32
+  c.num_steps = 400
+  c.log_every = 20
+  c.eval_every = 100
+  c.eval_batches = 16
+  c.optim.lr = 3e-3
+  c.optim.warmup_steps = 30
+  c.optim.weight_decay = 0.1
+  c.checkpoint.every = 100
+  c.data.source = "pointer_chase"
+  c.data.chase_nodes = 16
+  c.data.chase_hops = 1
+  return c

@@ -1,0 +1,112 @@
+"""The sweep trains every (variant, seed) in its own workdir, resumes an interrupted run to
+the same result as an uninterrupted one, skips finished runs, refuses bad input before
+training, and its runs make a comparison report whose numbers are the metrics files'."""
+
+import json
+import os
+import pathlib
+import shlex
+import shutil
+
+import numpy as np
+import pytest
+
+from phd_jax import compare, sweep
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIG = str(REPO_ROOT / "configs" / "tiny.py")
+# Seconds per run: synthetic tokens, one narrow layer, 4 steps of 8 x 16 tokens.
+TINY = ["--config.data.source=synthetic", "--config.model.num_layers=1",
+        "--config.model.d_model=32", "--config.model.mlp_dim=64", "--config.model.head_dim=8",
+        "--config.seq_len=16", "--config.batch_size=8", "--config.num_steps=4",
+        "--config.log_every=1", "--config.eval_every=2", "--config.eval_batches=1",
+        "--config.checkpoint.every=2", "--config.optim.warmup_steps=1"]
+
+
+def metrics(run_dir):
+  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def last_eval_loss(run_dir):
+  return [m["eval_loss"] for m in metrics(run_dir) if "eval_loss" in m][-1]
+
+
+def test_dry_run_prints_one_command_per_run(tmp_path, capsys):
+  assert sweep.main([f"--config={CONFIG}", "--variants=Vanilla,PHD-2@num_steps=70",
+                     "--seeds=0,3", f"--workdir={tmp_path}", "--dry_run",
+                     "--config.optim.lr=0.001"]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  expected = []
+  for variant, setting in (("Vanilla", []), ("PHD-2", ["--config.num_steps=70"])):
+    spec = "PHD-2@num_steps=70" if setting else variant
+    for seed in (0, 3):
+      expected.append(["python", "-m", "phd_jax.main", f"--config={CONFIG}:{variant}",
+                       f"--workdir={tmp_path / spec / f'seed{seed}'}", f"--config.seed={seed}",
+                       "--config.optim.lr=0.001", *setting])
+  assert [shlex.split(line) for line in lines] == expected
+  assert not any(tmp_path.iterdir())  # nothing trained, nothing written
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--variants=Vanilla,PHD-Z"], "PHD-Z"),
+    (["--variants=Vanilla@model.num_layer=2"], "model.num_layer"),
+    (["--variants=Vanilla@num_steps"], "field=value"),
+    (["--variants=Vanilla,Vanilla"], "twice"),
+    (["--variants=Vanilla", "--seeds=0,x"], "--seeds"),
+    (["--variants=Vanilla", "--config.optim.lr=fast"], "optim.lr"),
+    (["--variants=Vanilla", "--config.num_steps=0"], "num_steps"),
+    (["--variants=Vanilla", "--epochs=3"], "--epochs"),
+])
+def test_bad_input_is_refused_before_training(tmp_path, capsys, args, message):
+  with pytest.raises(SystemExit) as exit_info:
+    sweep.main([f"--config={CONFIG}", f"--workdir={tmp_path}", *args])
+  assert exit_info.value.code == 2
+  assert message in capsys.readouterr().err
+  assert not any(tmp_path.iterdir())
+
+
+def test_sweep_resumes_interrupted_run_and_reports(tmp_path, capsys, monkeypatch):
+  # The runs are subprocesses: one device each (not the 8 fake ones) compiles faster.
+  monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")
+  args = [f"--config={CONFIG}", "--variants=Vanilla,PHD-2", "--seeds=0,1",
+          f"--workdir={tmp_path}", *TINY]
+  assert sweep.main(args) == 0
+  runs = {(v, s): str(tmp_path / v / f"seed{s}") for v in ("Vanilla", "PHD-2") for s in (0, 1)}
+  for (variant, seed), run_dir in runs.items():
+    status = sweep.read_status(run_dir)
+    assert (status["status"], status["variant"], status["seed"]) == ("done", variant, seed)
+    config = json.load(open(os.path.join(run_dir, "config.json")))
+    assert (config["phd"]["variant"], config["seed"], config["num_steps"]) == (variant, seed, 4)
+  assert last_eval_loss(runs["Vanilla", 0]) != last_eval_loss(runs["Vanilla", 1])  # seeds differ
+
+  # Interrupt PHD-2 seed 1 after its step-2 checkpoint: the final checkpoint and the
+  # status never written. Rerunning the sweep trains only that run, from step 2.
+  interrupted = runs["PHD-2", 1]
+  uninterrupted_loss = last_eval_loss(interrupted)
+  shutil.rmtree(os.path.join(interrupted, "checkpoints", "4"))
+  os.remove(os.path.join(interrupted, sweep.STATUS_FILE))
+  capsys.readouterr()
+  assert sweep.main(args) == 0
+  out = capsys.readouterr().out
+  assert out.count("done already, skipped") == 3
+  assert sweep.read_status(interrupted)["attempts"] == 1  # the first status was removed
+  assert sweep.read_status(runs["Vanilla", 0])["attempts"] == 1
+  log = open(os.path.join(interrupted, sweep.LOG_FILE)).read()
+  assert log.count("$ ") == 2  # two commands, the second one resumed
+  resumed_steps = [m["step"] for m in metrics(interrupted) if "loss" in m]
+  assert resumed_steps == [1, 2, 3, 4, 3, 4]
+  np.testing.assert_allclose(last_eval_loss(interrupted), uninterrupted_loss, rtol=1e-5)
+
+  # The report from these runs: its numbers are the metrics files'.
+  md, tokens_png, flops_png = compare.write_report([str(tmp_path)], str(tmp_path / "report"))
+  table = open(md).read()
+  for variant in ("Vanilla", "PHD-2"):
+    finals = [last_eval_loss(runs[variant, s]) for s in (0, 1)]
+    mean, se = np.mean(finals), np.std(finals, ddof=1) / np.sqrt(2)
+    row = next(line for line in table.splitlines() if line.startswith(f"| {variant} |"))
+    assert f"{mean:.4f} ± {se:.4f}" in row and "| 2/2 |" in row
+  deltas = [last_eval_loss(runs["PHD-2", s]) - last_eval_loss(runs["Vanilla", s]) for s in (0, 1)]
+  assert f"{np.mean(deltas):+.4f} ± {np.std(deltas, ddof=1) / np.sqrt(2):.4f} (n=2)" in table
+  for png in (tokens_png, flops_png):
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n" and os.path.getsize(png) > 10_000
