@@ -10,10 +10,10 @@ then train with `--config.data.source=tfds --config.data.name=my_corpus
 null text is an empty document, and empty documents are kept (the pipeline skips and counts
 them). JSONL lines that are not JSON, not an object, whose text is not a string (a number,
 list, object) or holds a lone surrogate are skipped and counted by kind; the summary at the
-end names the first few by file:line. Without `--validation`,
-`--validation_percent` of the documents, chosen by a hash of their key (file path relative to
-the glob's directory, and line or row), form the validation split. Writing needs no TensorFlow: tfds serialises the examples
-itself and writes them with array_record.
+end names the first few by file:line. Without `--validation`, `--validation_percent` of
+the documents, chosen by a hash of their key (file path relative to the glob's directory,
+and line or row), form the validation split. Writing needs no TensorFlow: tfds serialises
+the examples itself and writes them with array_record.
 """
 
 from __future__ import annotations

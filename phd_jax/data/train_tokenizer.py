@@ -6,8 +6,9 @@ reads the train split of `config.data` (stdlib or tfds), trains a byte-fallback 
 the project's special ids (0 pad, 1 BOS, 2 EOS, 3 unk) and writes
 `<data_dir>/<name>/tokenizers/<version>/sp_<type>_<vocab>.model` (or `--output`) with
 `<model>.sha256` beside it, then prints the config overrides that use it. The model is kept
-outside the dataset's version folder, so `prepare --overwrite` does not delete it. Text is kept verbatim (identity
-normalisation, whitespace and newlines preserved) so decode(encode(text)) == text.
+outside the dataset's version folder, so `prepare --overwrite` does not delete it. Text is
+kept verbatim (identity normalisation, whitespace and newlines preserved) so
+decode(encode(text)) == text.
 """
 
 from __future__ import annotations
