@@ -31,6 +31,7 @@ def get_config(variant=None):
   c.model.norm_eps = 1e-6
   c.model.norm_style = "reordered"  # OLMo2 norms after each sublayer; "pre" for Llama-style
   c.model.qk_norm = True
+  c.model.qk_norm_per_head = False  # True: each head's q and k normed alone (Qwen3)
   c.model.tie_embeddings = False
   c.model.init_std = 0.02
   c.model.dtype = "float32"  # compute dtype: float32 or bfloat16 (params stay float32)
@@ -93,7 +94,7 @@ def get_config(variant=None):
   c.checkpoint.keep = 3  # keep the last N
   c.checkpoint.keep_period = 0  # also keep every N-th step forever (0 = off)
   c.checkpoint.async_save = True
-  c.checkpoint.warm_start = ""  # path of another run's checkpoint: params only
+  c.checkpoint.warm_start = ""  # another run's checkpoint (params only) or hf:DIR
   return c
 
 

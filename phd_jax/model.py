@@ -68,6 +68,7 @@ class ModelConfig:
   norm_eps: float = 1e-6
   norm_style: str = "reordered"
   qk_norm: bool = True
+  qk_norm_per_head: bool = False  # Qwen3; OLMo2 norms q and k across all heads
   tie_embeddings: bool = False
   init_std: float = 0.02
   dtype: str = "float32"  # compute dtype; parameters stay float32
@@ -93,9 +94,15 @@ class Attention(nnx.Module):
     self.wk = param(rngs, (D, G, Dh), ("embed", "kv_heads", "head_dim"), cfg.init_std)
     self.wv = param(rngs, (D, G, Dh), ("embed", "kv_heads", "head_dim"), cfg.init_std)
     self.wo = param(rngs, (H, Dh, D), ("q_heads", "head_dim", "embed"), cfg.init_std)
-    if cfg.qk_norm:  # OLMo2 normalises the whole projected q and k, across heads
-      self.q_norm = RMSNorm((H, Dh), ("q_heads", "head_dim"), cfg.norm_eps, rngs=rngs)
-      self.k_norm = RMSNorm((G, Dh), ("kv_heads", "head_dim"), cfg.norm_eps, rngs=rngs)
+    if cfg.qk_norm:  # OLMo2 normalises the whole projected q and k, across heads; Qwen3
+      # (qk_norm_per_head) each head alone: RMSNorm reduces over the axes of its scale
+      per_head = cfg.qk_norm_per_head
+      self.q_norm = RMSNorm((Dh,) if per_head else (H, Dh),
+                            ("head_dim",) if per_head else ("q_heads", "head_dim"),
+                            cfg.norm_eps, rngs=rngs)
+      self.k_norm = RMSNorm((Dh,) if per_head else (G, Dh),
+                            ("head_dim",) if per_head else ("kv_heads", "head_dim"),
+                            cfg.norm_eps, rngs=rngs)
 
   def qkv(self, x_BTKD, rope_positions_BTK):
     """Projected, normed and rotated q `[B,T,K,H,Dh]`, k and v `[B,T,K,G,Dh]`."""

@@ -18,7 +18,7 @@ import optax
 from etils import epath
 from flax import nnx
 
-from phd_jax import checkpoint, data, sharding
+from phd_jax import checkpoint, data, hf, sharding
 from phd_jax import config as config_lib
 from phd_jax.eval import suite
 from phd_jax.loss import next_token_loss
@@ -115,7 +115,10 @@ def _restore_or_init(config, mesh, ckpt, batches):
     batches.set_state(data_state)
     return graphdef(config), state
   gdef, state = init_state(config, mesh)
-  if config.checkpoint.warm_start:
+  if config.checkpoint.warm_start.startswith(hf.WARM_START_PREFIX):  # a transformers model
+    hf_dir = config.checkpoint.warm_start.removeprefix(hf.WARM_START_PREFIX)
+    state = state.replace(params=hf.load_params(hf_dir, config, like=state.params))
+  elif config.checkpoint.warm_start:
     warm = load_model(config.checkpoint.warm_start, mesh, config=config)
     state = state.replace(params=nnx.state(warm.model, nnx.Param))
   return gdef, state
