@@ -33,15 +33,23 @@ def residual_grads(attend, primals, o, lse, do):
 
   `attend(*primals, lse)` returns (sum_j p_ij v_j, sum_j p_ij) with p = exp(s - lse): the
   VJP of sum_j p_ij (v_j - o_i) is exactly this part's share of the full backward.
+  `attend` must weigh the values in float32 (`_precise`): dP = dO.V and D = rowsum(dO * O)
+  are then float32, as in FlashAttention's backward. Rounded to bfloat16 before their
+  difference dS = P * (dP - D), they cost dq and dk several times bfloat16's own error.
   """
-  o = jax.lax.stop_gradient(o)
+  o = jax.lax.stop_gradient(o).astype(jnp.float32)
 
   def residual(*args):
     weighted, mass = attend(*args, lse)
-    return weighted - mass[..., None].astype(weighted.dtype) * o
+    return weighted - mass[..., None] * o
 
   _, vjp = jax.vjp(residual, *primals)
-  return vjp(do)
+  return vjp(do.astype(jnp.float32))
+
+
+def _precise(v):
+  """Values in float32 for a backward's residual (their gradient returns in v's dtype)."""
+  return v.astype(jnp.float32)
 
 
 def _causal_scores(q_BTHcDh, k_BTGDh, segment_ids_BT):
@@ -69,7 +77,7 @@ def _causal_attend(q, k, v, segment_ids, lse_BTHc):
   B, T, Hc, _ = q.shape
   lse = jnp.moveaxis(lse_BTHc, 1, -1).reshape(B, k.shape[2], -1, T)  # [B, G, Rc, T]
   p = jnp.exp(_causal_scores(q, k, segment_ids) - lse[..., None])
-  return _causal_values(p, v), _heads_last(p.sum(-1))
+  return _causal_values(p, _precise(v)), _heads_last(p.sum(-1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +113,7 @@ def _band_attend(band: HiddenBand, q_h, k_h, v_h, lse_BTAGR):
   """(sum_j p_ij v_j, sum_j p_ij) over the hidden band, p = exp(s - lse)."""
   lse_BGTAR = jnp.transpose(lse_BTAGR, (0, 3, 1, 2, 4))
   p = jnp.exp(band.scores(q_h, k_h, 0) - lse_BGTAR[..., None])
-  return band.outputs(p, v_h, 0), _band_layout(p.sum(-1))
+  return band.outputs(p, _precise(v_h), 0), _band_layout(p.sum(-1))
 
 
 def _split_fwd(kernel, spec: PHDSpec, q_BTKHDh, k_BTKGDh, v_BTKGDh, segment_ids_BT,
