@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from phd_jax import checkpoint, data, decode, generate
+from phd_jax import checkpoint, data, decode, generate, masks
 from phd_jax import config as config_lib
 from phd_jax.decode import engine
 from phd_jax.masks import parse_variant
@@ -116,9 +116,11 @@ def hidden_copy_positions(monkeypatch, model, prompt):
 
 @pytest.mark.parametrize("variant,length,expected", [
     ("PHD-CSWA-3-2-4", 11, [8, 9, 10]),  # last chunk 8..11, partial
-    ("PHD-CSWA-3-2-4", 8, [4, 5, 6, 7]),  # last chunk full
+    ("PHD-CSWA-3-2-4", 8, [5, 6, 7]),  # last chunk full, but SWA's 3 tokens suffice
+    ("PHD-CSWA-3-1-4", 8, [6, 7]),  # 1 + ceil((2*1 - 1) / 2) tokens
     ("PHD-CSWA-3-2-4", 9, [8]),  # last token opens a new chunk
-    ("PHD-SWA-3-2-inf", 6, [0, 1, 2, 3, 4, 5]),  # the window chains all of them
+    ("PHD-SWA-3-2-inf", 6, [3, 4, 5]),  # 2 layers x 2 hidden tokens back, + the last
+    ("PHD-SWA-3-2-inf", 2, [0, 1]),  # shorter than that: all of them
     ("PHD-3", 6, [5]),  # only the last token's copies
 ])
 def test_prefill_computes_hidden_copies_only_where_needed(monkeypatch, variant, length,
@@ -128,6 +130,80 @@ def test_prefill_computes_hidden_copies_only_where_needed(monkeypatch, variant, 
   prompt = random_tokens(2, length)[0]
   seen = hidden_copy_positions(monkeypatch, model, prompt)  # one list per layer and forward
   assert sorted(sum(seen, [])) == sorted(expected * CFG.num_layers)
+
+
+def reachable_hidden_tokens(spec, num_layers, num_tokens=48):
+  """Trailing tokens whose hidden copies reach the cache or the next token, read off the
+  explicit mask: the keys of every layer that the last W window entries and the last
+  token's final copy depend on, layer by layer down to the embeddings."""
+  mask = np.asarray(masks.spec_mask(spec, num_tokens))
+  hidden = np.arange(num_tokens * spec.k) % spec.k > 0
+  entries = decode.window_entries(spec)
+  needed = np.zeros(len(mask), bool)
+  needed[np.flatnonzero(hidden)[-entries:]] = True  # the window cache's entries
+  needed[-1] = True  # the next token's logits
+  needed |= mask[-1]  # its last-layer keys
+  for _ in range(num_layers - 1):
+    needed |= mask[needed].any(axis=0)
+  first = np.flatnonzero(needed & hidden)[0] // spec.k
+  assert first > 0, "num_tokens too small to see the bound"
+  return num_tokens - first
+
+
+@pytest.mark.parametrize("k,window,unit,num_layers", [
+    (2, 3, "tokens", 2), (3, 3, "tokens", 2), (3, 2, "tokens", 4), (4, 5, "tokens", 3),
+    (5, 1, "tokens", 4), (8, 2, "tokens", 3), (16, 16, "tokens", 2), (4, 3, "tokens", 1),
+    (3, 2, "positions", 2), (4, 3, "positions", 3), (2, 1, "positions", 1)])
+def test_swa_hidden_tokens_is_what_the_mask_reaches(k, window, unit, num_layers):
+  spec = masks.PHDSpec(k=k, window=window, window_unit=unit)
+  got = engine.swa_hidden_tokens(spec, num_layers)
+  assert got == reachable_hidden_tokens(spec, num_layers)
+  if unit == "tokens" and window >= k - 2:  # the closed form of the docstring
+    assert got <= -(-num_layers * window // (k - 1)) + 1
+  else:
+    assert got <= (num_layers * window + 1 if unit == "positions" else
+                    num_layers * (k - 1) + 1)
+
+
+def full_prefill(decoder, prompts, cache_len):
+  """The paper's SWA prefill: every prompt token's hidden copies."""
+  tokens_BT, first_slot_B, _, _ = decoder.layout(prompts, 1, cache_len)
+  return engine._prefill_jit(decoder.graphdef, decoder.state, first_slot_B, cache_len,
+                             tokens_BT.shape[1], tokens_BT)
+
+
+@pytest.mark.parametrize("variant,window_unit,positions",
+                         [case[:3] for case in CASES if "SWA" in case[0] and case[3]])
+def test_truncated_swa_prefill_equals_the_full_prefill(variant, window_unit, positions):
+  model = make_model(variant, window_unit, positions)
+  decoder = decode.Decoder(model)
+  bound = engine.swa_hidden_tokens(model.spec, CFG.num_layers)
+  # one prompt longer than the bound, one shorter, one of a single token
+  prompts = random_tokens(7, bound + 6, max(bound - 1, 1), 1)
+  assert decoder.layout(prompts)[3] < bound + 6  # the truncation is exercised
+  want_logits, want = full_prefill(decoder, prompts, 24)
+  got_logits, got = decoder.prefill(prompts, cache_len=24)
+  np.testing.assert_allclose(got_logits, want_logits, atol=1e-5, rtol=1e-5)
+  assert int(got.length) == int(want.length)
+  np.testing.assert_array_equal(got.first_slot, want.first_slot)
+  for name in ("keys", "values"):
+    np.testing.assert_allclose(getattr(got, name), getattr(want, name), atol=1e-5)
+  # CSWA leaves out window entries of earlier chunks, which no later token can see
+  # Window entries later tokens can see must be equal. CSWA leaves out (or keeps inexact)
+  # entries of earlier chunks, which no later token can see.
+  chunk = model.spec.chunk or 1 << 30
+  next_chunk_B1 = np.array([[len(p) // chunk] for p in prompts])
+  live = lambda pos_BW: (pos_BW >= 0) & (pos_BW // chunk == next_chunk_B1)
+  want_pos_BW, got_pos_BW = np.asarray(want.window.positions), np.asarray(got.window.positions)
+  kept_BW = live(want_pos_BW)
+  np.testing.assert_array_equal(live(got_pos_BW), kept_BW)
+  np.testing.assert_array_equal(got_pos_BW[kept_BW], want_pos_BW[kept_BW])
+  np.testing.assert_array_equal(np.asarray(got.window.copies)[kept_BW],
+                                np.asarray(want.window.copies)[kept_BW])
+  for name in ("keys", "values"):
+    want_LBWGD = np.asarray(getattr(want.window, name))
+    got_LBWGD = np.asarray(getattr(got.window, name))
+    np.testing.assert_allclose(got_LBWGD[:, kept_BW], want_LBWGD[:, kept_BW], atol=1e-5)
 
 
 @pytest.mark.parametrize("k", [2, 3, 8])

@@ -7,10 +7,13 @@ placed in cache slots [start, start+N) and stores their K/V (`cache.write`).
 
 Prefill (PAPER.md "Inference"), on left-padded prompts:
   PHD and Vanilla  originals of all but the last prompt token, then its K copies.
-  PHD-SWA          all K copies of every prompt token: each hidden copy's window reaches
-                   the hidden copies before it, layer after layer.
+  PHD-SWA          all K copies of the last ceil(L*W/(K-1)) + 1 prompt tokens (L*W + 1
+                   with window_unit="positions"): a window reaches W back per layer, so
+                   earlier hidden copies cannot reach the cache or the next token
+                   (`swa_hidden_tokens`; the paper computes every prompt token's).
   PHD-CSWA         originals up to the last token's chunk, then all K copies of that
-                   (partial) chunk: windows never reach into earlier chunks.
+                   (partial) chunk, or of SWA's tokens when fewer: windows never reach
+                   into earlier chunks.
 A decoding step is the K copies of one new token in one forward; copy 0's K/V join the
 cache, copy K-1's logits choose the next token.
 """
@@ -31,14 +34,53 @@ from phd_jax.decode.sampling import Sampling, sample
 from phd_jax.masks import PHDSpec
 
 
-def hidden_prefill_tokens(spec: PHDSpec, lengths) -> int:
-  """How many trailing slots of the left-padded prompts prefill runs with all K copies."""
+def swa_hidden_tokens(spec: PHDSpec, num_layers: int) -> int:
+  """How many trailing prompt tokens' hidden copies can reach the cache and the next token
+  through an SWA window of `num_layers` layers: prefill computes only those.
+
+  Originals never see hidden copies (rules R1, R2), so they are exact whatever hidden
+  copies are computed. Number the hidden copies in hidden-stream order (copy a >= 1 of
+  token p is h = p*(K-1) + a-1) and let h* be the final copy of the last token. What is
+  needed: layer l's K/V of the last W window entries, for every l (the cache), and the last
+  layer's output at h* (the next token). Layer l's output at h depends on layer l's K/V of
+  D(h) = [min(h - W, first(h)), h], where first(h) starts h's own token (R2: its lower
+  copies); layer 0's K/V are the embedding's. So if m_l is the earliest hidden copy whose
+  layer-l K/V are needed, m_{L-1} = min(h* - W + 1, min D(h*)) and
+  m_{l-1} = min(m_l - W, first(m_l)) (D's lower end grows with h). Hidden copies from
+  m_0's token on are computed; those before it are left out, so the earliest computed
+  copies see truncated windows, but their errors move forward by at most one window per
+  layer and stay below m_l at layer l: nothing needed is touched.
+
+  When W >= K-2 (first(h) >= h - W) this is m_0 = h* - L*W: 1 + ceil((L*W - K + 2)/(K-1))
+  <= ceil(L*W/(K-1)) + 1 tokens. Smaller windows can need more than L*W/(K-1) tokens (a
+  token's last copy reaches its first through R2), which the recursion counts.
+  window_unit="positions" reaches every hidden copy of the W tokens before, so the same
+  reasoning over tokens gives L*W + 1.
+  """
+  if spec.window_unit == "positions":
+    return num_layers * spec.window + 1
+  hidden = spec.k - 1  # hidden copies per token; the last token's copies are 0..hidden-1
+  first = lambda h: h // hidden * hidden
+  last = hidden - 1
+  earliest = min(last - spec.window, first(last))  # the window entries lie after it
+  for _ in range(num_layers - 1):
+    earliest = min(earliest - spec.window, first(earliest))
+  return 1 - earliest // hidden  # tokens from earliest's own through the last
+
+
+def hidden_prefill_tokens(spec: PHDSpec, lengths, num_layers: int) -> int:
+  """How many trailing slots of the left-padded prompts prefill runs with all K copies.
+
+  PHD: the last token. CSWA: the last token's (partial) chunk, whose windows never reach
+  an earlier one. SWA (and CSWA when it is shorter): `swa_hidden_tokens`.
+  """
   lengths = [int(n) for n in lengths]
   if spec.window == 0:
     return 1
+  needed = min(max(lengths), swa_hidden_tokens(spec, num_layers))
   if spec.chunk is None:
-    return max(lengths)
-  return max(n - (n - 1) // spec.chunk * spec.chunk for n in lengths)
+    return needed
+  return min(needed, max(n - (n - 1) // spec.chunk * spec.chunk for n in lengths))
 
 
 def forward(model, cache: Cache, tokens_BN, start, copies: int):
@@ -199,7 +241,8 @@ class Decoder:
     for row, prompt in enumerate(prompts):
       tokens_BT[row, tokens_BT.shape[1] - len(prompt):] = prompt
     first_slot_B = (tokens_BT.shape[1] - lengths).astype(np.int32)
-    return tokens_BT, first_slot_B, int(cache_len), hidden_prefill_tokens(self.spec, lengths)
+    hidden_tokens = hidden_prefill_tokens(self.spec, lengths, self.cfg.num_layers)
+    return tokens_BT, first_slot_B, int(cache_len), hidden_tokens
 
   def prefill(self, prompts, cache_len=None):
     """Final-copy logits `[B, V]` of each prompt's last token, and the cache after it."""
