@@ -7,14 +7,16 @@
 Variant, model shape and tokenizer come from the config saved with the checkpoint (a
 workdir means its newest complete step; an export works too). Prompts are framed as the
 training documents are, `[BOS] + text`, and each continuation ends at EOS or after
---max_new_tokens. Several --prompt flags run as one batch. Parameters load onto one device.
+--max_new_tokens. Several --prompt flags run as one batch. Parameters load onto a mesh of
+this host's devices, --mesh=DATA,FSDP,TENSOR (default: one device), and decoding runs on
+it: prompts over data and fsdp, heads, caches and vocabulary over tensor.
 """
 
 from __future__ import annotations
 
 from absl import app, flags, logging
 
-from phd_jax import data, decode
+from phd_jax import data, decode, sharding
 from phd_jax.state import load_model
 
 FLAGS = flags.FLAGS
@@ -30,15 +32,20 @@ def define_flags() -> None:
   flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens (0 = all).")
   flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1 = off).")
   flags.DEFINE_integer("seed", 0, "PRNG seed of the sampler.")
+  flags.DEFINE_string("mesh", None, "DATA,FSDP,TENSOR mesh sizes over this host's devices, "
+                      "-1 fills (e.g. 1,1,-1: tensor-parallel over all); default one device.")
 
 
-def continue_texts(path, prompts: list[str], max_new_tokens: int, **sampling) -> list[str]:
-  """The continuation of each text prompt by the checkpoint at `path`."""
+def continue_texts(path, prompts: list[str], max_new_tokens: int, mesh=None,
+                   **sampling) -> list[str]:
+  """The continuation of each text prompt by the checkpoint at `path`, decoded on `mesh`
+  (as `state.load_model` takes it: a Mesh, (data, fsdp, tensor) sizes, None = one device)."""
   if not prompts or any(not isinstance(p, str) or not p for p in prompts):
     raise ValueError(f"prompts must be non-empty strings; got {prompts!r}")
-  model, config, _, _ = load_model(path)
+  model, config, _, _ = load_model(path, mesh)
   tokenizer = data.make_tokenizer(config)
   ids = [[tokenizer.bos_id] + tokenizer.encode(p) for p in prompts]
+  # decoding runs where the parameters lie (`decode.Decoder` finds their mesh)
   out = decode.generate(model, ids, max_new_tokens, eos_id=tokenizer.eos_id, **sampling)
   return [tokenizer.decode(row) for row in out]
 
@@ -52,8 +59,9 @@ def main(argv) -> None:
   if not FLAGS.prompt:
     raise app.UsageError("pass at least one --prompt")
   texts = continue_texts(FLAGS.workdir or FLAGS.checkpoint, FLAGS.prompt, FLAGS.max_new_tokens,
-                         temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p,
-                         seed=FLAGS.seed)
+                         FLAGS.mesh and sharding.parse_sizes(FLAGS.mesh),
+                         temperature=FLAGS.temperature,
+                         top_k=FLAGS.top_k, top_p=FLAGS.top_p, seed=FLAGS.seed)
   for prompt, text in zip(FLAGS.prompt, texts):
     print(prompt + text)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from phd_jax import checkpoint, data, decode, generate, masks
+from phd_jax import checkpoint, data, decode, generate, masks, sharding
 from phd_jax import config as config_lib
 from phd_jax.decode import engine
 from phd_jax.masks import parse_variant
@@ -77,7 +77,7 @@ def test_prefill_and_steps_equal_training_forward(variant, window_unit, position
   sequences = random_tokens(1, *(n + steps for n in prompt_lengths))
   decoder = decode.Decoder(model)
   logits_BV, cache = decoder.prefill([s[:n] for s, n in zip(sequences, prompt_lengths)],
-                                     cache_len=16)
+                                     cache_len=16, max_new_tokens=steps + 1)
   got = [logits_BV]
   for i in range(steps):
     logits_BV, cache = decoder.step(cache, [s[n + i] for s, n in zip(sequences, prompt_lengths)])
@@ -101,14 +101,14 @@ def hidden_copy_positions(monkeypatch, model, prompt):
     return qkv(self, x_BTKD, rope_positions_BTK)
 
   monkeypatch.setattr(Attention, "qkv", spy)
-  decoder = decode.Decoder(model)
-  tokens_BT, first_slot_B, cache_len, hidden_tokens = decoder.layout([prompt])
+  decoder = decode.Decoder(model, prompt_buckets=None)
+  laid, hidden_tokens = decoder.layout([prompt])
 
   @jax.jit  # a fresh function, so the spy is traced
   def prefill(state):
     model = nnx.merge(decoder.graphdef, state)
-    cache = decode.init_cache(model.cfg, model.spec, 1, cache_len, first_slot_B)
-    engine.prefill(model, cache, tokens_BT, hidden_tokens)
+    cache = decode.init_cache(model.cfg, model.spec, 1, laid.cache_len, laid.first_slot_B)
+    engine.prefill(model, cache, laid.tokens_BT, hidden_tokens)
     return list(seen)
 
   return [np.asarray(p).tolist() for p in prefill(decoder.state)]
@@ -167,20 +167,20 @@ def test_swa_hidden_tokens_is_what_the_mask_reaches(k, window, unit, num_layers)
 
 def full_prefill(decoder, prompts, cache_len):
   """The paper's SWA prefill: every prompt token's hidden copies."""
-  tokens_BT, first_slot_B, _, _ = decoder.layout(prompts, 1, cache_len)
-  return engine._prefill_jit(decoder.graphdef, decoder.state, first_slot_B, cache_len,
-                             tokens_BT.shape[1], tokens_BT)
+  laid, _ = decoder.layout(prompts, 1, cache_len)
+  return engine._prefill_jit(decoder.graphdef, decoder.state, None, laid.first_slot_B,
+                             cache_len, laid.tokens_BT.shape[1], laid.tokens_BT)
 
 
 @pytest.mark.parametrize("variant,window_unit,positions",
                          [case[:3] for case in CASES if "SWA" in case[0] and case[3]])
 def test_truncated_swa_prefill_equals_the_full_prefill(variant, window_unit, positions):
   model = make_model(variant, window_unit, positions)
-  decoder = decode.Decoder(model)
+  decoder = decode.Decoder(model, prompt_buckets=None)  # the fewest hidden copies
   bound = engine.swa_hidden_tokens(model.spec, CFG.num_layers)
   # one prompt longer than the bound, one shorter, one of a single token
   prompts = random_tokens(7, bound + 6, max(bound - 1, 1), 1)
-  assert decoder.layout(prompts)[3] < bound + 6  # the truncation is exercised
+  assert decoder.layout(prompts)[1] < bound + 6  # the truncation is exercised
   want_logits, want = full_prefill(decoder, prompts, 24)
   got_logits, got = decoder.prefill(prompts, cache_len=24)
   np.testing.assert_allclose(got_logits, want_logits, atol=1e-5, rtol=1e-5)
@@ -291,7 +291,7 @@ def test_sample_draws_from_the_restricted_softmax(sampling, expected):
 
 def test_steps_past_the_cache_or_with_wrong_batch_are_refused():
   decoder = decode.Decoder(make_model("PHD-2"))
-  _, cache = decoder.prefill([[1, 2, 3]], cache_len=4)
+  _, cache = decoder.prefill([[1, 2, 3]], cache_len=4, max_new_tokens=2)
   with pytest.raises(ValueError, match="shape"):
     decoder.step(cache, [1, 2])
   _, cache = decoder.step(cache, [4])
@@ -333,5 +333,66 @@ def test_generate_command_continues_prompts_from_an_exported_checkpoint(tmp_path
   expected = [tokenizer.decode(row)
               for row in decode.generate(model, ids, 6, eos_id=tokenizer.eos_id)]
   assert generate.continue_texts(str(path), prompts, 6) == expected
+  assert generate.continue_texts(str(path), prompts, 6, mesh=(2, 2, 2)) == expected
   with pytest.raises(ValueError, match="non-empty strings"):
     generate.continue_texts(str(path), ["ok", ""], 6)
+
+
+@pytest.mark.parametrize("variant,window_unit", [
+    ("PHD-3", "tokens"), ("PHD-SWA-3-3-inf", "tokens"), ("PHD-CSWA-4-3-3", "positions")])
+def test_bucketed_prompts_give_the_same_logits_and_tokens(variant, window_unit):
+  model = make_model(variant, window_unit)
+  prompts = random_tokens(8, 11, 3, 6)  # padded to 16 tokens
+  exact, bucketed = (decode.Decoder(model, prompt_buckets=b) for b in (None, (4, 16, 32)))
+  assert bucketed.layout(prompts)[0].tokens_BT.shape[1] == 16
+  np.testing.assert_allclose(bucketed.prefill(prompts)[0], exact.prefill(prompts)[0],
+                             atol=1e-5, rtol=1e-5)
+  assert bucketed.generate(prompts, 6) == exact.generate(prompts, 6)
+
+
+def test_prompt_lengths_compile_one_prefill_per_bucket(monkeypatch):
+  traces = []
+  prefill = engine.prefill
+
+  def counted(*args):  # runs once per trace of a jitted prefill
+    traces.append(args[2].shape)
+    return prefill(*args)
+
+  monkeypatch.setattr(engine, "prefill", counted)
+  # a model structure no other test compiles, so every program here is new
+  model = Transformer(dataclasses.replace(CFG, vocab_size=72),
+                      parse_variant("PHD-CSWA-3-2-4"), rngs=nnx.Rngs(0))
+  bucketed, exact = decode.Decoder(model), decode.Decoder(model, prompt_buckets=None)
+  for length in range(1, 65):
+    bucketed.prefill(random_tokens(length, length), max_new_tokens=4)
+  assert sorted({shape[1] for shape in traces}) == [1, 2, 4, 8, 16, 32, 64]
+  assert len(traces) == 7
+  traces.clear()
+  for length in (5, 6, 7):
+    exact.prefill(random_tokens(length, length), max_new_tokens=4)
+  assert len(traces) == 3  # without buckets, every length compiles
+
+
+def test_sharded_decoding_equals_one_device():
+  """Rows over data x fsdp (3 prompts fill 4 rows), heads, caches and vocabulary over
+  tensor, on a 2 x 2 x 2 mesh of the 8 fake CPU devices."""
+  mesh = jax.make_mesh((2, 2, 2), sharding.AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  for variant in ("PHD-CSWA-3-3-4", "PHD-SWA-2-3-inf"):
+    model = make_model(variant)
+    graphdef, state = nnx.split(model)
+    placed = nnx.merge(graphdef, jax.device_put(state, sharding.tree_shardings(state, mesh)))
+    single, sharded = decode.Decoder(model), decode.Decoder(placed)
+    assert single.mesh is None and sharded.mesh is mesh  # found from the parameters
+    prompts = random_tokens(9, 7, 2, 5)
+    want_logits, want_cache = single.prefill(prompts, max_new_tokens=3)
+    got_logits, got_cache = sharded.prefill(prompts, max_new_tokens=3)
+    assert got_cache.keys.sharding.spec[1:4] == (sharding.BATCH_AXES, None, "tensor")
+    assert got_logits.shape[0] == 4
+    np.testing.assert_allclose(got_logits[:3], want_logits, atol=1e-5, rtol=1e-5)
+    tokens = [int(t) for t in np.argmax(want_logits, -1)]
+    want_logits, _ = single.step(want_cache, tokens)
+    got_logits, _ = sharded.step(got_cache, tokens + [0])
+    np.testing.assert_allclose(got_logits[:3], want_logits, atol=1e-5, rtol=1e-5)
+    sampled = dict(temperature=1.0, top_p=0.9, seed=3)
+    assert sharded.generate(prompts, 5) == single.generate(prompts, 5)
+    assert sharded.generate(prompts, 5, **sampled) == single.generate(prompts, 5, **sampled)

@@ -19,7 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax.sharding import NamedSharding, PartitionSpec
+
 from phd_jax import config as config_lib
+from phd_jax import sharding
 from phd_jax.layers import DTYPES
 from phd_jax.masks import PHDSpec
 from phd_jax.model import ModelConfig
@@ -87,6 +90,23 @@ def init_cache(cfg: ModelConfig, spec: PHDSpec, batch: int, cache_len: int,
   return Cache(keys=zeros(kv_shape), values=zeros(kv_shape),
                first_slot=jnp.asarray(first_slot, jnp.int32), length=jnp.int32(0),
                window=window)
+
+
+def constrain(cache: Cache, mesh) -> Cache:
+  """`cache` laid out on `mesh` (None: as it is): rows over the data-parallel axes, as
+  the batch; key/value heads over "tensor", as their projections (replicated when the
+  tensor axis does not divide them)."""
+  if mesh is None:
+    return cache
+  rows = sharding.BATCH_AXES
+  heads = "tensor" if cache.keys.shape[3] % mesh.shape["tensor"] == 0 else None
+  layout = lambda *axes: NamedSharding(mesh, PartitionSpec(*axes))
+  kv = layout(None, rows, None, heads, None)
+  specs = Cache(keys=kv, values=kv, first_slot=layout(rows), length=layout(),
+                window=None if cache.window is None else HiddenWindow(
+                    keys=kv, values=kv, positions=layout(rows, None),
+                    copies=layout(rows, None)))
+  return jax.lax.with_sharding_constraint(cache, specs)
 
 
 def write(cache: Cache, start, k_LBNCGDh, v_LBNCGDh, positions_BN, real_BN) -> Cache:

@@ -27,9 +27,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
 from phd_jax import attention as attention_lib
+from phd_jax import sharding
 from phd_jax.decode.attend import cached_attention, cached_masks
-from phd_jax.decode.cache import Cache, init_cache, write
+from phd_jax.decode.cache import Cache, constrain, init_cache, write
+from phd_jax.decode.prompts import POWERS_OF_TWO, check_buckets, layout
 from phd_jax.decode.sampling import Sampling, sample
 from phd_jax.masks import PHDSpec
 
@@ -68,16 +72,19 @@ def swa_hidden_tokens(spec: PHDSpec, num_layers: int) -> int:
   return 1 - earliest // hidden  # tokens from earliest's own through the last
 
 
-def hidden_prefill_tokens(spec: PHDSpec, lengths, num_layers: int) -> int:
+def hidden_prefill_tokens(spec: PHDSpec, lengths, num_layers: int | None = None) -> int:
   """How many trailing slots of the left-padded prompts prefill runs with all K copies.
 
   PHD: the last token. CSWA: the last token's (partial) chunk, whose windows never reach
-  an earlier one. SWA (and CSWA when it is shorter): `swa_hidden_tokens`.
+  an earlier one. SWA (and CSWA when it is shorter): `swa_hidden_tokens` of the model's
+  `num_layers` (None: every prompt token, as the paper does).
   """
   lengths = [int(n) for n in lengths]
   if spec.window == 0:
     return 1
-  needed = min(max(lengths), swa_hidden_tokens(spec, num_layers))
+  needed = max(lengths)
+  if num_layers is not None:
+    needed = min(needed, swa_hidden_tokens(spec, num_layers))
   if spec.chunk is None:
     return needed
   return min(needed, max(n - (n - 1) // spec.chunk * spec.chunk for n in lengths))
@@ -139,8 +146,11 @@ def step(model, cache: Cache, tokens_B):
 
 
 def generate_tokens(model, cache, tokens_BT, hidden_tokens, max_new_tokens, sampling, eos_id,
-                    key):
-  """`[B, max_new_tokens]` tokens and how many were produced (all rows stop at EOS)."""
+                    key, done_B=None, constrain_cache=lambda cache: cache):
+  """`[B, max_new_tokens]` tokens and how many were produced: all rows stop at EOS (rows
+  `done_B` from the start); `constrain_cache` lays out each step's cache."""
+  if done_B is None:
+    done_B = jnp.zeros(tokens_BT.shape[:1], bool)
   logits_BV, cache = prefill(model, cache, tokens_BT, hidden_tokens)
   token_B = sample(logits_BV, jax.random.fold_in(key, 0), sampling)
   out_BN = jnp.zeros((tokens_BT.shape[0], max_new_tokens), jnp.int32).at[:, 0].set(token_B)
@@ -153,112 +163,131 @@ def generate_tokens(model, cache, tokens_BT, hidden_tokens, max_new_tokens, samp
     i, token_B, cache, out_BN, done_B = carry
     logits_BV, cache = step(model, cache, token_B)
     token_B = sample(logits_BV, jax.random.fold_in(key, i), sampling)
-    return i + 1, token_B, cache, out_BN.at[:, i].set(token_B), done_B | (token_B == eos_id)
+    return (i + 1, token_B, constrain_cache(cache), out_BN.at[:, i].set(token_B),
+            done_B | (token_B == eos_id))
 
-  carry = (jnp.int32(1), token_B, cache, out_BN, token_B == eos_id)
+  carry = (jnp.int32(1), token_B, constrain_cache(cache), out_BN, done_B | (token_B == eos_id))
   count, _, _, out_BN, _ = jax.lax.while_loop(unfinished, next_token, carry)
   return out_BN, count
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 4))
-def _prefill_jit(graphdef, state, first_slot_B, cache_len, hidden_tokens, tokens_BT):
-  model = nnx.merge(graphdef, state)
+def _on_mesh(mesh, fn, *args):
+  """`fn(*args)` traced with the logical sharding rules when there is a mesh."""
+  if mesh is None:
+    return fn(*args)
+  with nnx.logical_axis_rules(sharding.RULES):
+    return fn(*args)
+
+
+def _prefilled(model, mesh, first_slot_B, cache_len, hidden_tokens, tokens_BT):
   cache = init_cache(model.cfg, model.spec, tokens_BT.shape[0], cache_len, first_slot_B)
-  return prefill(model, cache, tokens_BT, hidden_tokens)
+  logits_BV, cache = prefill(model, constrain(cache, mesh), tokens_BT, hidden_tokens)
+  return logits_BV, constrain(cache, mesh)
 
 
-@functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
-def _step_jit(graphdef, state, cache, tokens_B):
-  return step(nnx.merge(graphdef, state), cache, tokens_B)
+@functools.partial(jax.jit, static_argnums=(0, 2, 4, 5))
+def _prefill_jit(graphdef, state, mesh, first_slot_B, cache_len, hidden_tokens, tokens_BT):
+  return _on_mesh(mesh, _prefilled, nnx.merge(graphdef, state), mesh, first_slot_B,
+                  cache_len, hidden_tokens, tokens_BT)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 4, 6, 7))
-def _generate_jit(graphdef, state, first_slot_B, cache_len, hidden_tokens, tokens_BT,
-                  max_new_tokens, sampling, eos_id, seed):
-  model = nnx.merge(graphdef, state)
-  cache = init_cache(model.cfg, model.spec, tokens_BT.shape[0], cache_len, first_slot_B)
-  return generate_tokens(model, cache, tokens_BT, hidden_tokens, max_new_tokens, sampling,
-                         eos_id, jax.random.key(seed))
+@functools.partial(jax.jit, static_argnums=(0, 2), donate_argnums=3)
+def _step_jit(graphdef, state, mesh, cache, tokens_B):
+  def run(model, cache, tokens_B):
+    logits_BV, cache = step(model, cache, tokens_B)
+    return logits_BV, constrain(cache, mesh)
+  return _on_mesh(mesh, run, nnx.merge(graphdef, state), cache, tokens_B)
 
 
-def _positive_int(name, value):
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-    raise ValueError(f"{name} must be a positive integer; got {value!r}")
+@functools.partial(jax.jit, static_argnums=(0, 2, 4, 5, 7, 8))
+def _generate_jit(graphdef, state, mesh, first_slot_B, cache_len, hidden_tokens, tokens_BT,
+                  max_new_tokens, sampling, eos_id, seed, done_B):
+  def run(model):
+    cache = constrain(init_cache(model.cfg, model.spec, tokens_BT.shape[0], cache_len,
+                                 first_slot_B), mesh)
+    return generate_tokens(model, cache, tokens_BT, hidden_tokens, max_new_tokens,
+                           sampling, eos_id, jax.random.key(seed), done_B,
+                           functools.partial(constrain, mesh=mesh))
+  return _on_mesh(mesh, run, nnx.merge(graphdef, state))
 
 
-def check_prompts(prompts, vocab_size: int) -> list[list[int]]:
-  """The prompts as lists of ints, or a ValueError saying which prompt is wrong and why."""
-  if isinstance(prompts, (str, bytes)) or not hasattr(prompts, "__len__") or not len(prompts):
-    raise ValueError(f"prompts must be a non-empty list of token-id lists; got {prompts!r}")
-  checked = []
-  for i, prompt in enumerate(prompts):
-    if isinstance(prompt, (int, np.integer)):
-      raise ValueError("prompts must be a list of token-id lists; got a flat list of ints "
-                       "(wrap a single prompt as [prompt])")
-    ids = np.asarray(prompt)
-    if ids.ndim != 1 or ids.size == 0:
-      raise ValueError(f"prompt {i} must be a non-empty 1-D list of token ids; got shape "
-                       f"{ids.shape}")
-    if not np.issubdtype(ids.dtype, np.integer):
-      raise ValueError(f"prompt {i} must hold integer token ids; got dtype {ids.dtype}")
-    if ids.min() < 0 or ids.max() >= vocab_size:
-      raise ValueError(f"prompt {i} has token ids outside [0, vocab_size={vocab_size}): "
-                       f"min {ids.min()}, max {ids.max()}")
-    checked.append(ids.tolist())
-  return checked
+def params_mesh(state):
+  """The mesh the parameters are laid out on, or None (one device, or not NamedSharding)."""
+  leaf = jax.tree.leaves(state)[0]
+  named = getattr(leaf, "sharding", None)
+  if isinstance(named, NamedSharding) and named.mesh.size > 1:
+    return named.mesh
+  return None
 
 
 class Decoder:
-  """Jitted prefill, decoding steps and generation for one model.
+  """Jitted prefill, decoding steps and generation for one model, on one device or a mesh.
 
-  The model's parameters are taken when the Decoder is built; compiled code is shared by
-  every Decoder of the same model structure (variant, shapes).
+  mesh: the ("data", "fsdp", "tensor") mesh to decode on (default: the one the model's
+  parameters lie on, as `state.load_model` places them; one device if none). Rows go
+  over data and fsdp (filled up to a multiple of their devices with one-token prompts),
+  heads, key/value caches and the vocabulary over tensor, as in training.
+  prompt_buckets: lengths prompts are left-padded to (`prompts.POWERS_OF_TWO` by default;
+  None: every length its own program). With buckets, the hidden-copy prefill also runs on
+  a fixed number of trailing tokens (the most any prompt of the bucket needs), so the
+  bucket alone decides the program.
+  Compiled code is shared by every Decoder of the same model structure and mesh.
   """
 
-  def __init__(self, model):
+  def __init__(self, model, *, mesh: Mesh | None = None, prompt_buckets=POWERS_OF_TWO):
     self.graphdef, self.state = nnx.split(model)
     self.cfg, self.spec = model.cfg, model.spec
+    self.mesh = params_mesh(self.state) if mesh is None else mesh
+    if self.mesh is not None and params_mesh(self.state) != self.mesh:
+      self.state = jax.device_put(self.state, sharding.tree_shardings(self.state, self.mesh))
+    self.buckets = check_buckets(prompt_buckets)
+
+  def _rows(self):
+    return 1 if self.mesh is None else sharding.data_parallel_size(self.mesh)
 
   def layout(self, prompts, max_new_tokens: int = 1, cache_len=None):
-    """Checked prompts left-padded `[B, T]` int32 (pad id 0), each row's first slot `[B]`,
-    the cache length, and how many trailing slots prefill runs with all K copies.
+    """(`prompts.Layout`, how many trailing slots prefill runs with all K copies)."""
+    laid = layout(prompts, self.cfg.vocab_size, max_new_tokens, cache_len, self.buckets,
+                  self._rows())
+    T = laid.tokens_BT.shape[1]
+    lengths = laid.lengths
+    if self.buckets:  # one program per bucket: serve any length it holds (every chunk residue)
+      lengths = range(max(1, T - (self.spec.chunk or 1) + 1), T + 1)
+    return laid, min(T, hidden_prefill_tokens(self.spec, lengths, self.cfg.num_layers))
 
-    The cache needs T + max_new_tokens - 1 slots (the last new token is never fed back);
-    `cache_len` (default exactly that) must not be smaller.
-    """
-    prompts = check_prompts(prompts, self.cfg.vocab_size)
-    _positive_int("max_new_tokens", max_new_tokens)
-    lengths = np.array([len(p) for p in prompts])
-    needed = int(lengths.max()) + max_new_tokens - 1
-    cache_len = needed if cache_len is None else cache_len
-    _positive_int("cache_len", cache_len)
-    if needed > cache_len:
-      longest = int(lengths.argmax())
-      raise ValueError(f"prompt {longest} has {lengths[longest]} tokens; with max_new_tokens="
-                       f"{max_new_tokens} the cache needs {needed} slots, but cache_len="
-                       f"{cache_len}")
-    tokens_BT = np.zeros((len(prompts), lengths.max()), np.int32)
-    for row, prompt in enumerate(prompts):
-      tokens_BT[row, tokens_BT.shape[1] - len(prompt):] = prompt
-    first_slot_B = (tokens_BT.shape[1] - lengths).astype(np.int32)
-    hidden_tokens = hidden_prefill_tokens(self.spec, lengths, self.cfg.num_layers)
-    return tokens_BT, first_slot_B, int(cache_len), hidden_tokens
+  def _put(self, *arrays):
+    """Arrays on the mesh, rows over the data-parallel axes."""
+    if self.mesh is None:
+      return arrays
+    rows = lambda x: NamedSharding(self.mesh, PartitionSpec(sharding.BATCH_AXES,
+                                                            *[None] * (x.ndim - 1)))
+    return tuple(jax.device_put(x, rows(x)) for x in arrays)
 
-  def prefill(self, prompts, cache_len=None):
-    """Final-copy logits `[B, V]` of each prompt's last token, and the cache after it."""
-    tokens_BT, first_slot_B, cache_len, hidden_tokens = self.layout(prompts, 1, cache_len)
-    return _prefill_jit(self.graphdef, self.state, first_slot_B, cache_len, hidden_tokens,
-                        tokens_BT)
+  def _call(self, fn, *args):
+    if self.mesh is None:
+      return fn(*args)
+    with jax.set_mesh(self.mesh):
+      return fn(*args)
+
+  def prefill(self, prompts, cache_len=None, max_new_tokens: int = 1):
+    """Final-copy logits `[B, V]` of each prompt's last token, and the cache after it
+    (rows past the prompts' only fill the mesh's batch). `max_new_tokens`: the tokens to
+    come (their first from these logits), which bucket padding must leave room for."""
+    laid, hidden_tokens = self.layout(prompts, max_new_tokens, cache_len)
+    first_slot_B, tokens_BT = self._put(laid.first_slot_B, laid.tokens_BT)
+    return self._call(_prefill_jit, self.graphdef, self.state, self.mesh, first_slot_B,
+                      laid.cache_len, hidden_tokens, tokens_BT)
 
   def step(self, cache: Cache, tokens_B):
     """Feed one token per row; the cache passed in is consumed (donated)."""
-    tokens_B = jnp.asarray(tokens_B, jnp.int32)
+    tokens_B = np.asarray(tokens_B, np.int32)
     if tokens_B.shape != cache.first_slot.shape:
       raise ValueError(f"tokens must have shape {cache.first_slot.shape} (one per row of the "
                        f"cache); got {tokens_B.shape}")
     if int(cache.length) >= cache.cache_len:  # writes past the end would be clamped silently
       raise ValueError(f"the cache is full: all cache_len={cache.cache_len} slots are used")
-    return _step_jit(self.graphdef, self.state, cache, tokens_B)
+    return self._call(_step_jit, self.graphdef, self.state, self.mesh, cache,
+                      *self._put(tokens_B))
 
   def generate(self, prompts, max_new_tokens, *, temperature=0.0, top_k=0, top_p=1.0,
                seed=0, eos_id=None, cache_len=None) -> list[list[int]]:
@@ -269,22 +298,26 @@ class Decoder:
                        f"got {eos_id!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
       raise ValueError(f"seed must be an integer; got {seed!r}")
-    tokens_BT, first_slot_B, cache_len, hidden_tokens = self.layout(prompts, max_new_tokens,
-                                                                    cache_len)
-    out_BN, count = _generate_jit(self.graphdef, self.state, first_slot_B, cache_len,
-                                  hidden_tokens, tokens_BT, max_new_tokens, sampling,
-                                  -1 if eos_id is None else int(eos_id), seed)
-    rows = np.asarray(out_BN)[:, :int(count)].tolist()
+    laid, hidden_tokens = self.layout(prompts, max_new_tokens, cache_len)
+    done_B = np.arange(len(laid.lengths)) >= laid.rows  # filler rows never hold generation up
+    first_slot_B, tokens_BT, done_B = self._put(laid.first_slot_B, laid.tokens_BT, done_B)
+    out_BN, count = self._call(
+        _generate_jit, self.graphdef, self.state, self.mesh, first_slot_B, laid.cache_len,
+        hidden_tokens, tokens_BT, max_new_tokens, sampling,
+        -1 if eos_id is None else int(eos_id), seed, done_B)
+    rows = np.asarray(out_BN)[:laid.rows, :int(count)].tolist()
     return [row[:row.index(eos_id)] if eos_id in row else row for row in rows]
 
 
 def generate(model, prompts, max_new_tokens, *, temperature=0.0, top_k=0, top_p=1.0, seed=0,
-             eos_id=None, cache_len=None) -> list[list[int]]:
+             eos_id=None, cache_len=None, mesh=None,
+             prompt_buckets=POWERS_OF_TWO) -> list[list[int]]:
   """Continuations of `prompts` (lists of token ids), each without the EOS that ended it.
 
   temperature 0 is greedy; otherwise top_k / top_p sampling from a PRNG seeded by `seed`.
   Generation stops after `max_new_tokens` or when every row has produced `eos_id`.
+  mesh, prompt_buckets: as for `Decoder`.
   """
-  return Decoder(model).generate(prompts, max_new_tokens, temperature=temperature,
-                                 top_k=top_k, top_p=top_p, seed=seed, eos_id=eos_id,
-                                 cache_len=cache_len)
+  return Decoder(model, mesh=mesh, prompt_buckets=prompt_buckets).generate(
+      prompts, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+      eos_id=eos_id, cache_len=cache_len)
