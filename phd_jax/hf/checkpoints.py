@@ -104,10 +104,7 @@ def load_params(hf_dir: str, config, like=None):
   host = {path: np.empty(var.get_value().shape, np.float32) for path, var in flat.items()}
   for tensor, array in weights.read(hf_dir, expected, names):
     path, layer = placements[tensor.path]
-    if layer is None:
-      host[path][...] = array
-    else:
-      host[path][layer] = array
+    mapping.write_ours(tensor, array, host[path] if layer is None else host[path][layer])
   return nnx.from_flat_state([(path, var.replace(value=_place(host.pop(path), var.get_value())))
                               for path, var in flat.items()])
 
@@ -140,7 +137,10 @@ def import_checkpoint(hf_dir: str, config, out: str) -> str:
   if has_tokenizer:
     config.data.tokenizer = "hf"
     config.data.tokenizer_path = os.path.join(os.path.abspath(out), "tokenizer.json")
-  params = load_params(hf_dir, config)
+  # Host arrays as jax arrays on the CPU (no copy): Orbax stages jax arrays with one host
+  # copy while saving, numpy arrays with more.
+  cpu = jax.devices("cpu")[0]
+  params = jax.tree.map(lambda a: jax.device_put(a, cpu), load_params(hf_dir, config))
   checkpoint.export_params(out, params, config)
   if has_tokenizer:
     _copy_tokenizer(hf_dir, out)

@@ -223,10 +223,12 @@ def tensors(cfg) -> list[Tensor]:
   return out
 
 
-def to_ours(tensor: Tensor, hf_array):
-  """The HF array in this tensor's layout."""
-  array = hf_array.T if tensor.transposed else hf_array
-  return array.reshape(tensor.shape)
+def write_ours(tensor: Tensor, hf_array, out) -> None:
+  """Write the HF array into `out` (contiguous, this tensor's shape, any float dtype),
+  converting in place: no temporary of the tensor's size."""
+  view = out.view()
+  view.shape = tensor.hf_shape[::-1] if tensor.transposed else tensor.hf_shape  # no copy
+  view[...] = hf_array.T if tensor.transposed else hf_array
 
 
 def to_hf(tensor: Tensor, array):

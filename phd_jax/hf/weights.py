@@ -3,8 +3,8 @@
 Reading never unpickles (`.bin` weights are refused) and never holds a second copy of the
 model: every shard's header (names, shapes, dtypes) is read and checked against the tensors
 the config implies before any data is, then tensors are read one at a time from the
-memory-mapped shards, converted to float32 and written into preallocated parameter arrays
-(stacked layers included). Peak host memory: the parameters plus one tensor.
+memory-mapped shards (`phd_jax.hf.checkpoints` converts each into its preallocated
+parameter). Peak host memory: the parameters plus one tensor.
 
 Writing gathers tensors in checkpoint order into shards of at most `max_shard_bytes`
 (`model.safetensors`, or `model-0000i-of-0000n.safetensors` plus the index), holding one
@@ -98,15 +98,14 @@ def check_tensors(hf_dir: str, expected: list[mapping.Tensor], found: dict,
 
 def read(hf_dir: str, expected: list[mapping.Tensor], names: dict[str, str]
          ) -> Iterator[tuple[mapping.Tensor, np.ndarray]]:
-  """(tensor, float32 array in our layout), one at a time, shard by shard."""
+  """(tensor, its array as stored), one at a time, shard by shard."""
   by_shard: dict[str, list[mapping.Tensor]] = {}
   for tensor in expected:
     by_shard.setdefault(names[tensor.hf_name], []).append(tensor)
   for shard, shard_tensors in sorted(by_shard.items()):
     with safe_open(os.path.join(hf_dir, shard), "numpy") as f:
       for tensor in shard_tensors:
-        array = mapping.to_ours(tensor, f.get_tensor(tensor.hf_name))
-        yield tensor, array.astype(np.float32, copy=False)
+        yield tensor, f.get_tensor(tensor.hf_name)
 
 
 def _shard_file(index: int, count: int) -> str:
