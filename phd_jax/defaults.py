@@ -37,7 +37,7 @@ def get_config(variant=None):
   c.model.dtype = "float32"  # compute dtype: float32 or bfloat16 (params stay float32)
   c.model.attention_impl = "auto"  # see phd_jax/attention/__init__.py
   c.model.remat = "none"  # none | full | dots: activation rematerialisation per block
-  c.model.scan_layers = True  # one scanned program whatever the depth; False: a Python loop (debugging)
+  c.model.scan_layers = True  # one program whatever the depth; False: a loop (debugging)
 
   # Training. batch_size is the GLOBAL number of sequences per optimizer step, summed over
   # all hosts and devices; each host loads batch_size / num_processes of them.
