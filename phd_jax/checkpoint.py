@@ -11,9 +11,10 @@ Orbax writes into `<step>.orbax-checkpoint-tmp` and renames it to `<step>` after
 `commit_success.txt` (on GCS the marker alone commits). A folder counts as a checkpoint
 only with that marker and every file at its recorded size, so saves killed midway and
 truncated copies are skipped with a warning, never deleted; restoring one explicitly
-raises a ValueError naming it. Sizes, not contents: reading a whole checkpoint back to
-hash it would cost as much as the save, so flipped bits inside array data go unnoticed
-(TensorStore checksums only its b-tree nodes; GCS checksums objects end to end).
+raises a `DamagedCheckpoint` (a ValueError) naming it. Sizes, not contents: reading a whole
+checkpoint back to hash it would cost as much as the save, so same-size damage inside the
+files is found only when a restore fails to read them; that also raises `DamagedCheckpoint`,
+and the trainer sets such a step aside (`set_aside`) and resumes from the previous one.
 An export (`export_params`) is the same layout with only params, config and meta.
 
 Layer layouts: parameters are saved as the model holds them, stacked (`model.scan_layers`,
@@ -29,8 +30,10 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import logging as logging_lib
 import os
 import platform
+import sys
 import time
 
 import jax
@@ -190,8 +193,60 @@ def _config_items(config, step: int | None) -> dict:
           META: ocp.args.JsonSave(meta)}
 
 
-def _restore_error(folder, error: Exception) -> ValueError:
-  return ValueError(f"could not restore checkpoint {folder}: {type(error).__name__}: {error}")
+class DamagedCheckpoint(ValueError):
+  """A step folder that is incomplete or whose files cannot be read back."""
+
+
+_ABANDONED_READ_ERRORS = ("Encountered error while reading array", "Event loop is closed")
+
+
+class _DropAbandonedReads(logging_lib.Filter):
+  def filter(self, record):
+    text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
+    return not any(e in text for e in _ABANDONED_READ_ERRORS)
+
+
+def _silence_abandoned_reads() -> None:
+  """After a failed restore, Orbax's other reads of the damaged step still finish, each
+  then printing a traceback (unraisable coroutine errors, asyncio's "Task exception was
+  never retrieved"). The failure is reported once, as DamagedCheckpoint; drop those."""
+  previous = sys.unraisablehook
+  if getattr(previous, "phd_jax_abandoned_reads", False):
+    return
+
+  def hook(unraisable):
+    if not any(e in str(unraisable.exc_value) for e in _ABANDONED_READ_ERRORS):
+      previous(unraisable)
+
+  hook.phd_jax_abandoned_reads = True
+  sys.unraisablehook = hook
+  logging_lib.getLogger("asyncio").addFilter(_DropAbandonedReads())
+
+
+def _restore_error(folder, error: Exception) -> DamagedCheckpoint:
+  _silence_abandoned_reads()
+  first_line = str(error).split("See full TensorStore details")[0].splitlines()[0][:300]
+  return DamagedCheckpoint(f"could not restore checkpoint {folder}: {type(error).__name__}: "
+                           f"{first_line.strip()}")
+
+
+def _check_shapes(folder: epath.Path, abstract_params) -> None:
+  """Refuse (ConfigError) a checkpoint whose parameters have other shapes than the target's:
+  another model, not damage, so it must not be set aside as damaged."""
+  try:
+    saved = ocp.StandardCheckpointHandler().metadata(folder / PARAMS).tree
+  except Exception as e:  # unreadable metadata: damage
+    raise _restore_error(folder, e) from e
+  saved_leaves = jax.tree_util.tree_flatten_with_path(saved)[0]
+  wanted = jax.tree.leaves(abstract_params)
+  if len(saved_leaves) != len(wanted):
+    raise config_lib.ConfigError(f"checkpoint {folder} holds {len(saved_leaves)} parameter "
+                                 f"arrays, the config's model {len(wanted)}")
+  for (path, saved_leaf), want in zip(saved_leaves, wanted):
+    if tuple(saved_leaf.shape) != tuple(want.shape):
+      raise config_lib.ConfigError(
+          f"checkpoint {folder} holds params{jax.tree_util.keystr(path)} of shape "
+          f"{tuple(saved_leaf.shape)}, the config's model {tuple(want.shape)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,10 +256,18 @@ def _restore_error(folder, error: Exception) -> ValueError:
 def _restore_in_layout(folder: epath.Path, abstract, restore):
   """`restore(target) -> (tree, extra)` run on `abstract` (ShapeDtypeStructs with shardings,
   holding params-like mappings) in the layer layout saved in `folder`; the tree comes back
-  in `abstract`'s layout and shardings."""
-  saved_stacked = model_lib.is_stacked(
-      ocp.StandardCheckpointHandler().metadata(folder / PARAMS).tree)
-  if saved_stacked == model_lib.is_stacked(abstract):
+  in `abstract`'s layout and shardings. Trees that are not a Transformer's parameters (no
+  'blocks') are restored as they are."""
+  try:
+    saved = ocp.StandardCheckpointHandler().metadata(folder / PARAMS).tree
+  except Exception as e:  # unreadable metadata: damage
+    raise _restore_error(folder, e) from e
+  try:
+    saved_stacked = model_lib.is_stacked(saved)
+    same_layout = saved_stacked == model_lib.is_stacked(abstract)
+  except ValueError:  # no 'blocks': no layer layout to convert
+    same_layout = True
+  if same_layout:
     return restore(abstract)
   to_saved, to_target = ((model_lib.stack_layers, model_lib.unstack_layers) if saved_stacked
                          else (model_lib.unstack_layers, model_lib.stack_layers))
@@ -259,6 +322,10 @@ class Checkpointer:
                       "again.", unfinished)
     broken = {folder: problem for _, folder in sorted(_step_folders(self.directory).items())
               if (problem := folder_problem(folder))}
+    self._rename_aside(broken)
+
+  def _rename_aside(self, broken: dict) -> None:
+    """Rename each folder of `broken` ({folder: problem}) to `<step>.corrupt[N]`."""
     if not broken:
       return
     if jax.process_index() == 0:
@@ -272,6 +339,24 @@ class Checkpointer:
     # Every process found the same folders; a barrier's name must be unique.
     ocp.multihost.sync_global_processes(
         "phd_jax_set_aside:" + ",".join(sorted(p.name for p in broken)))
+
+  def set_aside(self, step: int, problem: str) -> None:
+    """Rename a step found damaged after start (e.g. by a failed restore) out of the way."""
+    self._manager.wait_until_finished()
+    self._rename_aside({self.directory / str(step): problem})
+    self._manager.reload()
+
+  def set_aside_folders(self) -> list[str]:
+    """Names of the step folders set aside as damaged, by this run or an earlier one."""
+    return sorted(p.name for p in self.directory.glob(f"*{CORRUPT_SUFFIX}*"))
+
+  def saved_config(self, step: int) -> ml_collections.ConfigDict:
+    """The config saved with `step`; DamagedCheckpoint if it cannot be read."""
+    folder = self.directory / str(step)
+    try:
+      return ml_collections.ConfigDict(json.loads((folder / CONFIG / "config.json").read_text()))
+    except (OSError, ValueError) as e:
+      raise _restore_error(folder, e) from e
 
   def latest_step(self) -> int | None:
     """The newest complete, readable step (None if there is none); saves in flight wait."""
@@ -319,10 +404,11 @@ class Checkpointer:
     if not folder.exists():
       raise ValueError(f"no checkpoint {folder}: {_describe_missing(self.directory, step)}")
     if problem := folder_problem(folder):
-      raise ValueError(f"checkpoint {folder} is incomplete or corrupted: {problem}")
+      raise DamagedCheckpoint(f"checkpoint {folder} is incomplete or corrupted: {problem}")
     _check_data_file(folder)
 
     def restore(target):
+      _check_shapes(folder, target.params)
       args = ocp.args.Composite(**{
           PARAMS: ocp.args.StandardRestore(target.params),
           TRAIN_STATE: ocp.args.StandardRestore(target.replace(params=None)),
@@ -369,7 +455,7 @@ def resolve(path) -> epath.Path:
     raise ValueError(f"checkpoint path {path} does not exist")
   if (path / PARAMS).exists():
     if problem := folder_problem(path):
-      raise ValueError(f"checkpoint {path} is incomplete or corrupted: {problem}")
+      raise DamagedCheckpoint(f"checkpoint {path} is incomplete or corrupted: {problem}")
     return path
   directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
   folders = _step_folders(directory)

@@ -2,6 +2,7 @@
 
   python -m phd_jax.main --config=configs/tiny.py[:VARIANT] --workdir=DIR [--config.a.b=v]
       [--coordinator=host:port --num_processes=N --process_id=i] [--dry_run]
+      [--allow_config_change] [--allow_restart]
 
 --config is a config file anywhere on disk (`phd_jax.config.load_config`). Several
 processes: on TPU pods and under SLURM / Open MPI `jax.distributed` finds its peers
@@ -10,10 +11,19 @@ itself; elsewhere pass --coordinator, --num_processes and --process_id.
 tokenizer and dataset files) and prints the parameter count and the per-device memory of
 parameters + optimizer state, without writing, compiling or training. A bad flag or
 setting exits with status 2 and one line naming it.
+
+Rerunning the same command resumes: it prints "restored step N from ..." (or that the run
+is already complete), and refuses with one line (status 1) while another run holds the
+workdir, when the config would change the experiment (--allow_config_change resumes
+anyway), or when checkpoints exist but none reads back (--allow_restart starts over).
+A full disk ends the run with one line naming the file that could not be written.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging as py_logging
 import math
 import os
 import re
@@ -25,6 +35,7 @@ from ml_collections import config_flags
 
 from phd_jax import config as config_lib
 from phd_jax import optim, sharding, state, train
+from phd_jax import workdir as workdir_lib
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant].",
                                 lock_config=True)
@@ -33,6 +44,10 @@ flags.DEFINE_string("coordinator", None, "host:port of process 0 (multi-process 
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
 flags.DEFINE_bool("dry_run", False, "Validate, print parameter count and memory; no training.")
+flags.DEFINE_bool("allow_config_change", False, "Resume although the config changes the "
+                  "experiment (model, data, optimizer, num_steps, ...).")
+flags.DEFINE_bool("allow_restart", False, "Start over from step 0 when the workdir's "
+                  "checkpoints are all damaged.")
 FLAGS = flags.FLAGS
 
 HELP_FLAGS = ("-h", "--help", "-?", "--helpshort")
@@ -43,10 +58,58 @@ ACCELERATOR_ENV = ("CUDA_VISIBLE_DEVICES", "JAX_LOCAL_DEVICE_IDS", "XLA_PYTHON_C
                    "TPU_ACCELERATOR_TYPE")
 
 
-def usage_error(message: str) -> None:
+def usage_error(message: str, status: int = 2) -> None:
   """One line on stderr and exit status 2, as for any command-line usage error."""
   print(f"phd_jax.main: error: {message}", file=sys.stderr)
-  sys.exit(2)
+  sys.exit(status)
+
+
+def _disk_full_path(error: BaseException) -> str | None:
+  """The file a full disk refused, named by an OSError (ENOSPC) or TensorStore's message
+  anywhere in the exception's chain ("" when none names it); None if it is not ENOSPC."""
+  found, seen = None, set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+      found = error.filename or found or ""
+    elif "No space left on device" in str(error):
+      match = re.search(r'(?:Failed writing:|local file) "([^"]+)"', str(error))
+      found = (match[1] if match else "") or found or ""
+    if found:
+      return found
+    error = error.__cause__ or error.__context__
+  return found
+
+
+class _DropDiskFull(py_logging.Filter):
+  """Drops log records about a full disk: the run reports it once, in one line."""
+
+  def filter(self, record):
+    text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
+    return "No space left on device" not in text
+
+
+@contextlib.contextmanager
+def _quiet_disk_full():
+  handlers, drop = py_logging.getLogger().handlers, _DropDiskFull()
+  for handler in handlers:
+    handler.addFilter(drop)
+  try:
+    yield
+  finally:
+    for handler in handlers:
+      handler.removeFilter(drop)
+
+
+def _exit_disk_full(path: str) -> None:
+  """One line, then exit at once: Orbax's writer threads, failing one after another,
+  would otherwise print a traceback each while the interpreter shuts down."""
+  where = path or f"under {FLAGS.workdir}"
+  print(f"phd_jax.main: error: no space left on device writing {where}; free space and "
+        "rerun the same command to resume from the last checkpoint", file=sys.stderr)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(1)  # pylint: disable=protected-access
 
 
 def _config_argument(argv) -> str | None:
@@ -144,13 +207,31 @@ def main(argv) -> None:
     if FLAGS.dry_run:
       _dry_run(config, mesh)
       return
-    final = train.train(config, FLAGS.workdir)
+    with _quiet_disk_full():
+      final = train.train(config, FLAGS.workdir, allow_restart=FLAGS.allow_restart,
+                          allow_config_change=FLAGS.allow_config_change)
   except config_lib.ConfigError as e:
     usage_error(str(e))
+  except workdir_lib.RunRefused as e:
+    usage_error(str(e), status=1)
+  except Exception as e:  # pylint: disable=broad-except
+    if (path := _disk_full_path(e)) is None:
+      raise
+    _exit_disk_full(path)
   if jax.process_index() == 0:
-    print(f"done: step {final['step']}, " + ", ".join(
-        f"{name} {final[name]:.4f}" for name in ("loss", "eval_loss") if name in final)
-        + f"; logs and checkpoints in {FLAGS.workdir}")
+    print(closing_line(final, config, FLAGS.workdir), flush=True)
+
+
+def closing_line(final: dict, config, workdir: str) -> str:
+  step = final["step"]
+  if final["status"] == "complete":
+    return (f"already complete: step {step} of {config.num_steps} in {workdir} (nothing to "
+            "train; evaluate it with python -m phd_jax.evaluate)")
+  if final["status"] == "preempted":
+    return f"preempted at step {step}, saved step {step}; resume with the same command"
+  metrics = ", ".join(f"{name} {final[name]:.4f}" for name in ("loss", "eval_loss")
+                      if name in final)
+  return f"done: step {step}, {metrics}; logs and checkpoints in {workdir}"
 
 
 if __name__ == "__main__":

@@ -3,11 +3,16 @@
 The step is one `jax.jit` with the state's shardings (`phd_jax.state`) in and out and the
 old state donated; it scans over microbatches (gradient accumulation equal to the whole
 batch) and applies AdamW. The loop validates the config before it writes or builds
-anything, then resumes from the workdir's newest complete checkpoint or starts fresh.
+anything and locks the workdir (`phd_jax.workdir`), then resumes from the newest
+checkpoint that reads back whole (setting damaged ones aside) after comparing configs, or
+starts fresh. The data pipeline, the evaluation suite and the Hugging Face import are
+imported where they are used, so that the train step needs only JAX, Flax and Optax (the
+accelerator check runs on images without grain or TensorFlow Datasets).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -18,9 +23,9 @@ import optax
 from etils import epath
 from flax import nnx
 
-from phd_jax import checkpoint, data, hf, sharding
+from phd_jax import checkpoint, sharding
 from phd_jax import config as config_lib
-from phd_jax.eval import suite
+from phd_jax import workdir as workdir_lib
 from phd_jax.loss import next_token_loss
 from phd_jax.metrics import Progress, Writer
 from phd_jax.optim import make_optimizer, make_schedule
@@ -64,8 +69,21 @@ def loss_and_grads(gdef, params, batch, microbatches, z_loss):
   return total / denominator, count, jax.tree.map(lambda g: g / denominator, grads)
 
 
-def make_train_step(config, mesh, gdef):
-  """`step(state, batch) -> (state, metrics)`, jitted over the mesh, old state donated."""
+class TrainStep:
+  """`step(state, batch) -> (state, metrics)` on a concrete mesh (set while tracing, so
+  activation constraints apply). `jitted` is the bare jitted function, for lowering and
+  export under an abstract mesh (`jax.sharding.use_abstract_mesh`)."""
+
+  def __init__(self, jitted, mesh):
+    self.jitted, self._mesh = jitted, mesh
+
+  def __call__(self, state, batch):
+    with jax.set_mesh(self._mesh):
+      return self.jitted(state, batch)
+
+
+def make_train_step(config, mesh, gdef) -> TrainStep:
+  """The train step, jitted over the mesh with the old state donated."""
   tx, schedule = make_optimizer(config), make_schedule(config)
 
   def step(state: TrainState, batch):
@@ -83,11 +101,7 @@ def make_train_step(config, mesh, gdef):
   batch_shardings = {k: sharding.batch_sharding(mesh) for k in BATCH_KEYS}
   jitted = jax.jit(step, in_shardings=(shardings, batch_shardings),
                    out_shardings=(shardings, None), donate_argnums=0)
-
-  def run(state, batch):
-    with jax.set_mesh(mesh):  # traced with the mesh set, so activation constraints apply
-      return jitted(state, batch)
-  return run
+  return TrainStep(jitted, mesh)
 
 
 def global_batch(local_batch: dict, mesh, config) -> dict:
@@ -107,52 +121,96 @@ def check_finite(step: int, metrics: dict) -> None:
         "training stopped and this state was not saved")
 
 
-def _restore_or_init(config, mesh, ckpt, batches):
-  """Resume from the newest complete checkpoint, else a fresh (or warm-started) state."""
-  step = ckpt.latest_step()
-  if step is not None:
-    state, data_state = ckpt.restore(abstract_state(config, mesh), step)
+def _resume(config, mesh, ckpt, batches, allow_config_change: bool):
+  """(state, folder) of the newest checkpoint that reads back whole, or (None, None).
+
+  A step that fails to read is set aside (`<step>.corrupt`) and the previous one is tried.
+  Each step's saved config is compared with `config` first (`workdir.check_config_changes`).
+  """
+  while (step := ckpt.latest_step()) is not None:
+    folder = ckpt.directory / str(step)
+    try:
+      workdir_lib.check_config_changes(ckpt.saved_config(step), config, f"step {step} in "
+                                       f"{ckpt.directory}", allow_config_change)
+      state, data_state = ckpt.restore(abstract_state(config, mesh), step)
+    except checkpoint.DamagedCheckpoint as e:
+      ckpt.set_aside(step, str(e))
+      continue
     batches.set_state(data_state)
-    return graphdef(config), state
+    return state, folder
+  return None, None
+
+
+def _init(config, mesh):
+  """A fresh state, warm-started from another run or a transformers model if asked."""
   gdef, state = init_state(config, mesh)
-  if config.checkpoint.warm_start.startswith(hf.WARM_START_PREFIX):  # a transformers model
-    hf_dir = config.checkpoint.warm_start.removeprefix(hf.WARM_START_PREFIX)
+  warm_start = config.checkpoint.warm_start
+  if not warm_start:
+    return gdef, state
+  from phd_jax import hf  # pylint: disable=import-outside-toplevel
+  if warm_start.startswith(hf.WARM_START_PREFIX):  # a transformers model
+    hf_dir = warm_start.removeprefix(hf.WARM_START_PREFIX)
     state = state.replace(params=hf.load_params(hf_dir, config, like=state.params))
-  elif config.checkpoint.warm_start:
-    warm = load_model(config.checkpoint.warm_start, mesh, config=config)
+  else:
+    warm = load_model(warm_start, mesh, config=config)
     state = state.replace(params=nnx.state(warm.model, nnx.Param))
   return gdef, state
 
 
 def _evaluate(config, mesh, gdef, params, tasks) -> dict:
+  from phd_jax.eval import suite  # pylint: disable=import-outside-toplevel
   metrics = suite.in_loop(nnx.merge(gdef, params), config, mesh, tasks=tasks,
                           limit=config.eval_limit, data_dir=config.eval_data_dir)
   return {name.removeprefix("eval/"): value for name, value in metrics.items()}
 
 
-def train(config, workdir: str) -> dict:
-  """Train `config` in `workdir` (resuming from its checkpoints); returns the last logged
-  metrics."""
+def train(config, workdir: str, *, allow_restart: bool = False,
+          allow_config_change: bool = False) -> dict:
+  """Train `config` in `workdir`, resuming from its checkpoints.
+
+  Returns the last logged metrics with `step`, `status` ("trained", "preempted", or
+  "complete": nothing left to train) and `restored` (the folder resumed from, or None).
+  Raises `workdir.RunRefused` when another run holds the workdir, when the config changes
+  the experiment (unless `allow_config_change`), or when checkpoints exist but none reads
+  back (unless `allow_restart`: then it starts over from step 0).
+  """
   config_lib.validate(config)  # before anything is written or compiled
-  profile = config_lib.profile_range(config)
   mesh = sharding.make_mesh(config)
+  with workdir_lib.ProcessZeroLock(workdir), contextlib.ExitStack() as closing:
+    return _train_locked(config, workdir, mesh, closing, allow_restart, allow_config_change)
+
+
+def _train_locked(config, workdir, mesh, closing, allow_restart, allow_config_change) -> dict:
+  from phd_jax import data  # pylint: disable=import-outside-toplevel
+  profile = config_lib.profile_range(config)
   eval_tasks = ("loss",) + config_lib.eval_task_names(config) if config.eval_every else ()
   main_process = jax.process_index() == 0
-  if main_process:
-    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-    (epath.Path(workdir) / "config.json").write_text(config_lib.to_json(config))
-
-  ckpt = checkpoint.Checkpointer(workdir, config)
+  ckpt = closing.enter_context(checkpoint.Checkpointer(workdir, config))
   batches = data.make_iterator(config, split="train")
-  gdef, state = _restore_or_init(config, mesh, ckpt, batches)
-  train_step = make_train_step(config, mesh, gdef)
+  closing.callback(batches.close)
+  state, restored = _resume(config, mesh, ckpt, batches, allow_config_change)
+  if state is None and (aside := ckpt.set_aside_folders()) and not allow_restart:
+    raise workdir_lib.RunRefused(
+        f"no checkpoint in {ckpt.directory} reads back whole (set aside: {', '.join(aside)}); "
+        f"pass --allow_restart to train {workdir} again from step 0")
+  if main_process:
+    workdir_lib.write_config(workdir, config)
+    if restored is not None:
+      print(f"restored step {int(state.step)} from {restored}", flush=True)
+  gdef, state = (graphdef(config), state) if state is not None else _init(config, mesh)
   start = int(state.step)
+  if start >= config.num_steps:
+    return {"step": start, "status": "complete", "restored": restored}
+  train_step = make_train_step(config, mesh, gdef)
   writer = Writer(workdir, enabled=main_process)
+  closing.callback(writer.close)
   writer.write_hparams(config_lib.flat_fields(config))
   progress = Progress(config, config_lib.model_config(config), config_lib.phd_spec(config),
                       start, enabled=main_process)
   preemption = PreemptionGuard()
+  closing.callback(preemption.close)
   logged, interval = {}, []
+  status = "trained"
 
   def record(step, metrics):
     """Fetch a step's metrics: stop on NaN/inf; log means over the last log_every steps."""
@@ -209,14 +267,9 @@ def train(config, workdir: str) -> dict:
       if saving or evaluating:
         progress.restart_clock(done)
       if stopping:
-        if main_process:
-          print(f"preempted (SIGTERM): saved step {done} and stopped", flush=True)
+        status = "preempted"
         break
   finally:
     if tracing:
       jax.profiler.stop_trace()
-    preemption.close()
-    batches.close()
-    writer.close()
-    ckpt.close()
-  return {"step": int(state.step), **logged}
+  return {"step": int(state.step), "status": status, "restored": restored, **logged}

@@ -40,10 +40,8 @@ B, T = 4, 256
 
 @pytest.fixture
 def on_tpu(monkeypatch):
-  """"auto" resolves as on a TPU; `jax.set_mesh` (concrete meshes only) takes the
-  abstract mesh as `use_abstract_mesh` does."""
+  """"auto" resolves as on a TPU."""
   monkeypatch.setattr(attention_lib, "_backend", lambda: "tpu")
-  monkeypatch.setattr(jax, "set_mesh", jax.sharding.use_abstract_mesh)
 
 
 def _config():
@@ -66,8 +64,9 @@ def test_train_step_exports_for_tpu_with_splash(on_tpu):
   step = train.make_train_step(config, MESH, state.graphdef(config))
   batch = {k: jax.ShapeDtypeStruct((B, T), jnp.int32, sharding=sharding.batch_sharding(MESH))
            for k in train.BATCH_KEYS}
-  exported = jax.export.export(jax.jit(step), platforms=["tpu"])(
-      state.abstract_state(config, MESH), batch)
+  with jax.sharding.use_abstract_mesh(MESH):  # the trainer's step, lowered for a TPU mesh
+    exported = jax.export.export(step.jitted, platforms=["tpu"])(
+        state.abstract_state(config, MESH), batch)
   assert exported.platforms == ("tpu",) and exported.nr_devices == 8
   # per layer: the forward kernel, then dq and dkv in the backward pass
   assert _custom_calls(exported).count("tpu_custom_call") >= 3

@@ -156,3 +156,55 @@ def test_cpu_only_jax_under_an_accelerator_launch_warns():
   code, _, err = finish(start(*TINY, "--dry_run", env=env))
   assert code == 0, err
   assert "JAX sees only CPUs although CUDA_VISIBLE_DEVICES is set" in err
+
+
+# Runs phd_jax.main with metrics.jsonl's writes failing as on a full disk from step 3 on.
+FULL_DISK_DRIVER = """
+import errno, os, runpy, sys
+from phd_jax import metrics
+original = metrics.Writer.write
+def write(self, step, *args, **kwargs):
+  if step >= 3:
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self._path))
+  return original(self, step, *args, **kwargs)
+metrics.Writer.write = write
+sys.argv = ["phd_jax.main"] + sys.argv[1:]
+runpy.run_module("phd_jax.main", run_name="__main__")
+"""
+
+
+def _assert_disk_full_line(err, path_prefix):
+  """One line naming the file, or (when the failing write did not say) the workdir."""
+  assert err.count("\n") == 1 and re.match(
+      f"phd_jax.main: error: no space left on device writing (under )?{re.escape(path_prefix)}",
+      err), err
+  assert err.endswith("; free space and rerun the same command to resume from the last "
+                      "checkpoint\n")
+
+
+def test_full_disk_is_one_line_naming_the_file(tmp_path):
+  process = subprocess.Popen([sys.executable, "-c", FULL_DISK_DRIVER, *TINY,
+                              "--config.log_every=1", f"--workdir={tmp_path}"], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  code, _, err = finish(process)
+  assert code == 1
+  _assert_disk_full_line(err, f"{tmp_path}/metrics.jsonl;")
+
+
+def test_full_disk_during_a_checkpoint_save_is_one_line(tmp_path):
+  """A real full file system (a 400 KiB tmpfs): TensorStore fails in Orbax's writer
+  threads. Mounting needs root; elsewhere the simulated test above stands in."""
+  mount = tmp_path / "small"
+  mount.mkdir()
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mount)],
+                    capture_output=True, check=False).returncode:
+    pytest.skip("mounting a tmpfs needs root")
+  try:
+    code, out, err = finish(start(*TINY, "--config.num_steps=20", "--config.checkpoint.every=1",
+                                  "--config.mesh.data=1", "--config.mesh.fsdp=1",
+                                  "--config.mesh.tensor=1", f"--workdir={mount}/run",
+                                  env={**os.environ, "XLA_FLAGS": ""}))
+  finally:
+    subprocess.run(["umount", str(mount)], check=True)
+  assert code == 1, out
+  _assert_disk_full_line(err, f"{mount}/run")

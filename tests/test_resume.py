@@ -1,11 +1,17 @@
-"""End to end through `python -m phd_jax.main`: a run killed with SIGKILL and resumed, and a
-run stopped by SIGTERM, against the same run left alone."""
+"""End to end through `python -m phd_jax.main`: runs killed with SIGKILL, stopped by
+SIGTERM, resumed from damaged checkpoints, from a busy workdir or with another config,
+against the same run left alone."""
 
+import glob
 import json
 import os
+import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -27,13 +33,17 @@ FLAGS = [
 ]
 # Runs phd_jax.main with a fault injected when the loop asks to save step AT:
 #   kill: wait until step AT-1 is on disk, start saving AT, SIGKILL this process mid-write;
-#   term: send SIGTERM to this process (as a scheduler would) and carry on.
+#   term: send SIGTERM to this process (as a scheduler would) and carry on;
+#   stall: write <workdir>/stalled and sleep (a run still training when another starts).
 DRIVER = """
-import os, runpy, signal, sys
+import os, runpy, signal, sys, time
 from phd_jax import checkpoint
 fault, at = sys.argv[1], int(sys.argv[2])
 original = checkpoint.Checkpointer.save
 def save(self, step, *args, **kwargs):
+  if int(step) == at and fault == "stall":
+    open(os.path.join(os.path.dirname(self.directory), "stalled"), "w").close()
+    time.sleep(600)
   if int(step) == at and fault == "kill":
     self.wait_until_finished()
     original(self, step, *args, **kwargs)
@@ -47,15 +57,31 @@ runpy.run_module("phd_jax.main", run_name="__main__")
 """
 
 
-def _run(workdir, fault=None, at=0):
-  env = {**os.environ, "JAX_PLATFORMS": "cpu",  # 2 devices: sharded saves; fast compiles
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=2 "
-                      "--xla_backend_optimization_level=0"}
+def _command(workdir, fault=None, at=0, extra=()):
   command = [sys.executable, "-m", "phd_jax.main"]
   if fault:
     command = [sys.executable, "-c", DRIVER, fault, str(at)]
-  return subprocess.run(command + FLAGS + [f"--workdir={workdir}"], cwd=ROOT, env=env,
+  return command + FLAGS + list(extra) + [f"--workdir={workdir}"]
+
+
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu",  # 2 devices: sharded saves; fast compiles
+       "XLA_FLAGS": "--xla_force_host_platform_device_count=2 "
+                    "--xla_backend_optimization_level=0"}
+
+
+def _run(workdir, fault=None, at=0, extra=()):
+  return subprocess.run(_command(workdir, fault, at, extra), cwd=ROOT, env=ENV,
                         capture_output=True, text=True, timeout=600)
+
+
+def _one_line_error(result, *phrases):
+  """The run exited 1 with its last stderr line the error (warnings may precede it)."""
+  assert result.returncode == 1, (result.stdout, result.stderr[-3000:])
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  last = result.stderr.splitlines()[-1]
+  assert last.startswith("phd_jax.main: error: "), result.stderr[-3000:]
+  for phrase in phrases:
+    assert phrase in last, (phrase, last)
 
 
 def _losses(workdir):
@@ -111,10 +137,165 @@ def test_sigterm_saves_the_next_step_and_exits_cleanly(tmp_path, uninterrupted):
   workdir = str(tmp_path)
   stopped = _run(workdir, "term", 5)
   assert stopped.returncode == 0, stopped.stderr[-3000:]
-  assert "SIGTERM" in stopped.stdout + stopped.stderr
   last = max(_losses(workdir))
   assert last < STEPS
   ckpt_steps = sorted(int(p) for p in os.listdir(os.path.join(workdir, "checkpoints"))
                       if p.isdigit())
   assert ckpt_steps[-1] == last and last in (5, 6)
+  assert stopped.stdout.splitlines()[-1] == (
+      f"preempted at step {last}, saved step {last}; resume with the same command")
+  assert "done:" not in stopped.stdout
   _assert_same_params(workdir, uninterrupted, last)
+  resumed = _run(workdir)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f"restored step {last} from {workdir}/checkpoints/{last}\n" in resumed.stdout
+  assert re.search(rf"^done: step {STEPS}, loss [\d.]+;", resumed.stdout, re.M)
+  _assert_same_params(workdir, uninterrupted, STEPS)
+
+
+def _copy_until(source, workdir, step):
+  """`source`'s workdir as it was after `step`: later checkpoints and metrics dropped."""
+  shutil.copytree(source, workdir)
+  for name in os.listdir(os.path.join(workdir, "checkpoints")):
+    if int(name) > step:
+      shutil.rmtree(os.path.join(workdir, "checkpoints", name))
+  path = os.path.join(workdir, "metrics.jsonl")
+  with open(path) as f:
+    lines = [line for line in f if json.loads(line)["step"] <= step]
+  with open(path, "w") as f:
+    f.writelines(lines)
+
+
+def _garble(path):
+  """Same-size garbage: the recorded sizes still match, only reading back fails."""
+  size = os.path.getsize(path)
+  with open(path, "wb") as f:
+    f.write(bytes(range(256)) * (size // 256) + bytes(size % 256))
+
+
+def _array_file(folder):
+  files = glob.glob(os.path.join(folder, "params", "**", "d", "*"), recursive=True)
+  return max(files, key=os.path.getsize)
+
+
+def _data_file(folder):
+  return os.path.join(folder, "data", "process_0-of-1.json")
+
+
+def _assert_continues_as(workdir, expected_workdir, first_step):
+  """Steps first_step.. logged again, each with the uninterrupted run's loss."""
+  expected, got = _losses(expected_workdir), _losses(workdir)
+  assert sorted(got) == list(range(1, STEPS + 1))
+  for step in range(first_step, STEPS + 1):
+    assert got[step][-1] == expected[step][0], step
+  _assert_same_params(workdir, expected_workdir, STEPS)
+
+
+@pytest.mark.parametrize("damage", [_array_file, _data_file])
+def test_damaged_newest_checkpoint_is_set_aside_and_the_previous_resumed(
+    tmp_path, uninterrupted, damage):
+  workdir = str(tmp_path / "run")
+  _copy_until(uninterrupted, workdir, 8)
+  _garble(damage(os.path.join(workdir, "checkpoints", "8")))
+  resumed = _run(workdir)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f"restored step 7 from {workdir}/checkpoints/7\n" in resumed.stdout
+  assert f"could not restore checkpoint {workdir}/checkpoints/8" in resumed.stderr
+  assert "Traceback" not in resumed.stderr
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", "8.corrupt"))  # kept, not deleted
+  _assert_continues_as(workdir, uninterrupted, 8)
+
+
+def test_all_checkpoints_damaged_refuses_unless_restart_is_allowed(tmp_path, uninterrupted):
+  workdir = str(tmp_path / "run")
+  _copy_until(uninterrupted, workdir, 2)
+  for step in (1, 2):
+    _garble(_array_file(os.path.join(workdir, "checkpoints", str(step))))
+  refused = _run(workdir)
+  _one_line_error(refused, f"no checkpoint in {workdir}/checkpoints reads back whole",
+                  "1.corrupt, 2.corrupt", "--allow_restart", workdir)
+  _one_line_error(_run(workdir), "1.corrupt, 2.corrupt")  # still refused: nothing was lost
+  restarted = _run(workdir, extra=["--allow_restart"])
+  assert restarted.returncode == 0, restarted.stderr[-3000:]
+  assert "restored" not in restarted.stdout
+  _assert_continues_as(workdir, uninterrupted, 1)
+
+
+def test_finished_run_rerun_says_complete(tmp_path, uninterrupted):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(uninterrupted, workdir)
+  rerun = _run(workdir)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert rerun.stdout.splitlines()[-2:] == [
+      f"restored step {STEPS} from {workdir}/checkpoints/{STEPS}",
+      f"already complete: step {STEPS} of {STEPS} in {workdir} (nothing to train; evaluate "
+      "it with python -m phd_jax.evaluate)"]
+  assert _losses(workdir) == _losses(uninterrupted)  # nothing trained or logged
+
+
+def test_config_changes_on_resume_are_shown_and_experiment_changes_refused(
+    tmp_path, uninterrupted):
+  workdir = str(tmp_path / "run")
+  _copy_until(uninterrupted, workdir, 8)
+  config_json = open(os.path.join(workdir, "config.json")).read()
+  refused = _run(workdir, extra=["--config.optim.lr=0.01", "--config.log_every=2"])
+  _one_line_error(refused, "with other optim.lr would make it another experiment",
+                  "--allow_config_change")
+  assert "  optim.lr: 0.003 -> 0.01  [changes the experiment]" in refused.stdout
+  assert "  log_every: 1 -> 2\n" in refused.stdout
+  assert open(os.path.join(workdir, "config.json")).read() == config_json
+  assert max(_losses(workdir)) == 8  # nothing trained
+
+  harmless = _run(workdir, extra=["--config.log_every=2", "--config.checkpoint.every=2"])
+  assert harmless.returncode == 0, harmless.stderr[-3000:]
+  assert "  log_every: 1 -> 2\n" in harmless.stdout
+  # the earlier config.json is kept beside the new one
+  kept = glob.glob(os.path.join(workdir, "config.*.json"))
+  assert [open(p).read() for p in kept] == [config_json]
+  assert json.load(open(os.path.join(workdir, "config.json")))["log_every"] == 2
+  expected = _losses(uninterrupted)
+  assert _losses(workdir)[STEPS][-1] == pytest.approx(
+      (expected[STEPS - 1][0] + expected[STEPS][0]) / 2)  # the mean over log_every steps
+
+
+def test_config_change_allowed_on_request(tmp_path, uninterrupted):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(uninterrupted, workdir)
+  longer = [f"--config.num_steps={STEPS + 2}"]
+  _one_line_error(_run(workdir, extra=longer), "with other num_steps")
+  allowed = _run(workdir, extra=longer + ["--allow_config_change"])
+  assert allowed.returncode == 0, allowed.stderr[-3000:]
+  assert f"  num_steps: {STEPS} -> {STEPS + 2}  [changes the experiment]" in allowed.stdout
+  assert max(_losses(workdir)) == STEPS + 2
+  # Another model shape cannot be restored: refused, and the checkpoints are not set aside
+  # as damaged.
+  wider = _run(workdir, extra=longer + ["--allow_config_change", "--config.model.mlp_dim=64"])
+  assert wider.returncode == 2 and "Traceback" not in wider.stderr, wider.stderr[-3000:]
+  assert re.search(r"phd_jax.main: error: checkpoint .*/checkpoints/14 holds params.* of "
+                   r"shape \(.*32.*\), the config's model \(.*64.*\)\n$", wider.stderr)
+  assert not glob.glob(os.path.join(workdir, "checkpoints", "*.corrupt*"))
+
+
+def test_second_trainer_on_a_workdir_refuses_until_the_first_is_killed(tmp_path, uninterrupted):
+  workdir = str(tmp_path / "run")
+  first = subprocess.Popen(_command(workdir, "stall", 4), cwd=ROOT, env=ENV,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.time() + 300
+    while not os.path.exists(os.path.join(workdir, "stalled")):
+      assert first.poll() is None and time.time() < deadline, first.communicate()
+      time.sleep(0.2)
+    logged = _losses(workdir)
+    second = _run(workdir)
+    _one_line_error(second, f"{workdir} is in use by another training run: host "
+                    f"{socket.gethostname()} pid {first.pid} (started ", "lock.json")
+    assert _losses(workdir) == logged  # the second run trained nothing
+  finally:
+    first.kill()  # SIGKILL: the lock file stays behind
+    first.communicate()
+  assert os.path.exists(os.path.join(workdir, "lock.json"))
+  resumed = _run(workdir)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f"pid {first.pid}" in resumed.stderr and "its process is gone" in resumed.stderr
+  assert not os.path.exists(os.path.join(workdir, "lock.json"))  # released at the end
+  _assert_continues_as(workdir, uninterrupted, 4)
