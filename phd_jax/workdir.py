@@ -123,7 +123,7 @@ class WorkdirLock:
       return json.loads(self.path.read_text())
     except FileNotFoundError:
       return {}
-    except ValueError:  # torn by a crash mid-write: nobody can hold it
+    except ValueError:  # empty: its creator died between creating and writing it
       return {"heartbeat": 0}
 
   def acquire(self) -> WorkdirLock:
@@ -148,11 +148,20 @@ class WorkdirLock:
       self.path.unlink(missing_ok=True)
     raise RunRefused(f"could not take the lock {self.path}: other runs keep taking it")
 
+  def _refresh(self):
+    """Rewrite the heartbeat; locally through a rename, so no reader sees half a file."""
+    if self._remote:  # object writes are atomic
+      self.path.write_text(self._record())
+      return
+    tmp = self.path.parent / f".{LOCK_FILE}.{self._holder['token']}"
+    tmp.write_text(self._record())
+    os.replace(tmp, self.path)
+
   def _heartbeat(self):
     while not self._stop.wait(HEARTBEAT_S):
       try:
         if self._read().get("token") == self._holder["token"]:
-          self.path.write_text(self._record())
+          self._refresh()
       except OSError as e:  # e.g. a full disk: the run itself reports it
         logging.warning("Could not refresh the lock %s: %s", self.path, e)
 
