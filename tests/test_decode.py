@@ -339,7 +339,7 @@ def test_generate_command_continues_prompts_from_an_exported_checkpoint(tmp_path
 
 
 @pytest.mark.parametrize("variant,window_unit", [
-    ("PHD-3", "tokens"), ("PHD-SWA-3-3-inf", "tokens"), ("PHD-CSWA-4-3-3", "positions")])
+    ("PHD-SWA-3-3-inf", "tokens"), ("PHD-CSWA-4-3-3", "positions")])
 def test_bucketed_prompts_give_the_same_logits_and_tokens(variant, window_unit):
   model = make_model(variant, window_unit)
   prompts = random_tokens(8, 11, 3, 6)  # padded to 16 tokens
@@ -363,36 +363,33 @@ def test_prompt_lengths_compile_one_prefill_per_bucket(monkeypatch):
   model = Transformer(dataclasses.replace(CFG, vocab_size=72),
                       parse_variant("PHD-CSWA-3-2-4"), rngs=nnx.Rngs(0))
   bucketed, exact = decode.Decoder(model), decode.Decoder(model, prompt_buckets=None)
-  for length in range(1, 65):
+  for length in range(1, 17):
     bucketed.prefill(random_tokens(length, length), max_new_tokens=4)
-  assert sorted({shape[1] for shape in traces}) == [1, 2, 4, 8, 16, 32, 64]
-  assert len(traces) == 7
+  assert sorted(shape[1] for shape in traces) == [1, 2, 4, 8, 16]
   traces.clear()
-  for length in (5, 6, 7):
+  for length in (5, 6):
     exact.prefill(random_tokens(length, length), max_new_tokens=4)
-  assert len(traces) == 3  # without buckets, every length compiles
+  assert len(traces) == 2  # without buckets, every length compiles
 
 
 def test_sharded_decoding_equals_one_device():
   """Rows over data x fsdp (3 prompts fill 4 rows), heads, caches and vocabulary over
   tensor, on a 2 x 2 x 2 mesh of the 8 fake CPU devices."""
   mesh = jax.make_mesh((2, 2, 2), sharding.AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
-  for variant in ("PHD-CSWA-3-3-4", "PHD-SWA-2-3-inf"):
-    model = make_model(variant)
-    graphdef, state = nnx.split(model)
-    placed = nnx.merge(graphdef, jax.device_put(state, sharding.tree_shardings(state, mesh)))
-    single, sharded = decode.Decoder(model), decode.Decoder(placed)
-    assert single.mesh is None and sharded.mesh is mesh  # found from the parameters
-    prompts = random_tokens(9, 7, 2, 5)
-    want_logits, want_cache = single.prefill(prompts, max_new_tokens=3)
-    got_logits, got_cache = sharded.prefill(prompts, max_new_tokens=3)
-    assert got_cache.keys.sharding.spec[1:4] == (sharding.BATCH_AXES, None, "tensor")
-    assert got_logits.shape[0] == 4
-    np.testing.assert_allclose(got_logits[:3], want_logits, atol=1e-5, rtol=1e-5)
-    tokens = [int(t) for t in np.argmax(want_logits, -1)]
-    want_logits, _ = single.step(want_cache, tokens)
-    got_logits, _ = sharded.step(got_cache, tokens + [0])
-    np.testing.assert_allclose(got_logits[:3], want_logits, atol=1e-5, rtol=1e-5)
-    sampled = dict(temperature=1.0, top_p=0.9, seed=3)
-    assert sharded.generate(prompts, 5) == single.generate(prompts, 5)
-    assert sharded.generate(prompts, 5, **sampled) == single.generate(prompts, 5, **sampled)
+  model = make_model("PHD-CSWA-3-3-4")
+  graphdef, state = nnx.split(model)
+  placed = nnx.merge(graphdef, jax.device_put(state, sharding.tree_shardings(state, mesh)))
+  single, sharded = decode.Decoder(model), decode.Decoder(placed)
+  assert single.mesh is None and sharded.mesh is mesh  # found from the parameters
+  prompts = random_tokens(9, 7, 2, 5)
+  want_logits, want_cache = single.prefill(prompts, max_new_tokens=3)
+  got_logits, got_cache = sharded.prefill(prompts, max_new_tokens=3)
+  assert got_cache.keys.sharding.spec[1:4] == (sharding.BATCH_AXES, None, "tensor")
+  assert got_logits.shape[0] == 4
+  np.testing.assert_allclose(got_logits[:3], want_logits, atol=1e-5, rtol=1e-5)
+  tokens = [int(t) for t in np.argmax(want_logits, -1)]
+  want_logits, _ = single.step(want_cache, tokens)
+  got_logits, _ = sharded.step(got_cache, tokens + [0])
+  np.testing.assert_allclose(got_logits[:3], want_logits, atol=1e-5, rtol=1e-5)
+  sampled = dict(temperature=1.0, top_p=0.9, seed=3)
+  assert sharded.generate(prompts, 5, **sampled) == single.generate(prompts, 5, **sampled)
