@@ -1,16 +1,22 @@
-"""Inference cost of PHD against Vanilla: decoding latency, prefill time, KV cache bytes.
+"""Inference cost of PHD against Vanilla: prefill, decoding, compiled programs, cache bytes.
 
-  python bench/inference.py                                   # CPU-sized defaults
+  python bench/inference.py                                   # CPU-sized defaults (~10 min)
+  python bench/inference.py --parts=prefill --prefill_ks=16   # one part, fewer cells
   python bench/inference.py --decode_config=olmo2_550m --prefill_config=olmo2_550m \
-      --dtype=bfloat16 --context=2048 --prompt_len=2048 --prefill_ks=1,2,4,8,16  # one GPU/TPU
+      --dtype=bfloat16 --context=2048 --prompt_len=2048 --decode_ks=1,2,4,16,64,256  # a GPU
 
-(a) decode: ms per token at batch 1 with --context tokens already cached, for PHD-K and
-    PHD-CSWA-K-16-32, relative to Vanilla (the paper, 550M on an A100: at most ~1.2x up to
-    K = 256, since a memory-bound step reads the same weights and cache whatever K).
-(b) prefill: time to prefill one --prompt_len prompt with PHD-K, PHD-SWA-K-16-inf and
-    PHD-CSWA-K-16-32, relative to Vanilla (the paper's Figure 9 at K = 16 on 2048 tokens:
-    SWA x72.88, CSWA x1.08).
-(c) KV cache bytes per variant for --cache_seq_len tokens at batch 1.
+prefill  one --prompt_len prompt with PHD-K, PHD-SWA-K-16-∞ (the exact truncated prefill,
+         and the paper's, which runs every prompt token's copies) and PHD-CSWA-K-16-32:
+         time ratio to Vanilla, measured interleaved, FLOP ratio (`prefill_flops`: the
+         work each must do) and how many trailing tokens' hidden copies run. The paper (Fig. 9a, K = 16, 2048 tokens): SWA x72.88,
+         CSWA x1.08.
+decode   ms per token at batch 1 and tokens/s at batches 8 and 32 with --context tokens
+         cached, for PHD-K and PHD-CSWA-K-16-32, as ratios to Vanilla (the paper's Fig. 9b,
+         550M on an A100: at most ~1.2x up to K = 256, a memory-bound step reading the same
+         weights and cache whatever K).
+compile  prefill programs compiled for --compile_prompts random prompt lengths in
+         [1, --prompt_len], with the default length buckets and without.
+cache    KV cache bytes per variant for --cache_seq_len tokens at batch 1.
 Configs are names of files in configs/. Parameters are random (speed does not depend on
 them) and shared by all K; times exclude compilation; each is the fastest of several calls
 interleaved with those of the Vanilla it is compared to.
@@ -30,12 +36,15 @@ from flax import nnx
 from phd_jax import attention as attention_lib
 from phd_jax import config as config_lib
 from phd_jax import decode
-from phd_jax.masks import PHDSpec
+from phd_jax.decode import engine
+from phd_jax.masks import PHDSpec, visible
 from phd_jax.model import Transformer
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 WINDOW, CHUNK = 16, 32  # the paper's PHD-CSWA-K-16-32 and PHD-SWA-K-16-∞
+NAMES = {"PHD": "PHD-K", "SWA": f"PHD-SWA-K-{WINDOW}-∞", "SWA-full": "SWA, paper's prefill",
+         "CSWA": f"PHD-CSWA-K-{WINDOW}-{CHUNK}"}
 
 
 def load_config(name: str, dtype: str, variant: str = "Vanilla"):
@@ -47,10 +56,11 @@ def load_config(name: str, dtype: str, variant: str = "Vanilla"):
   return config
 
 
-def variants(kind: str, k: int) -> PHDSpec:
+def variant(kind: str, k: int) -> PHDSpec:
   if k == 1:
     return PHDSpec()
   return {"PHD": PHDSpec(k=k), "SWA": PHDSpec(k=k, window=WINDOW),
+          "SWA-full": PHDSpec(k=k, window=WINDOW),
           "CSWA": PHDSpec(k=k, window=WINDOW, chunk=CHUNK)}[kind]
 
 
@@ -65,7 +75,7 @@ class SharedParams:
 
   def decoder(self, spec: PHDSpec) -> decode.Decoder:
     shape = nnx.eval_shape(lambda: Transformer(self.cfg, spec, rngs=nnx.Rngs(0)))
-    return decode.Decoder(nnx.merge(nnx.graphdef(shape), self.state))
+    return decode.Decoder(nnx.merge(nnx.graphdef(shape), self.state), prompt_buckets=None)
 
 
 def fastest_ms(runs: dict, repeats: int) -> dict:
@@ -85,12 +95,62 @@ def fastest_ms(runs: dict, repeats: int) -> dict:
   return best
 
 
-def decode_run(params: SharedParams, spec: PHDSpec, context: int, steps: int):
-  """One decoding step per call with `context` tokens cached, batch 1."""
+def prefill_flops(cfg, spec: PHDSpec, prompt_len: int, hidden_tokens: int) -> float:
+  """Forward FLOPs a prefill must spend: every block on the T originals and on the K-1
+  hidden copies of the last `hidden_tokens` tokens, attention over the (query, key) pairs
+  the mask allows among those rows, the output layer on the last token only."""
+  block = cfg.d_model * cfg.head_dim * (2 * cfg.num_heads + 2 * cfg.num_kv_heads) \
+      + 3 * cfg.d_model * cfg.mlp_dim
+  rows = prompt_len + hidden_tokens * (spec.k - 1)
+  pairs = prompt_len * (prompt_len + 1) // 2  # the originals, causal
+  if spec.k > 1:  # hidden queries against the computed keys they may see, in row blocks
+    first = prompt_len - hidden_tokens
+    q_pos = np.repeat(np.arange(first, prompt_len), spec.k - 1)
+    q_copy = np.tile(np.arange(1, spec.k), hidden_tokens)
+    k_pos = np.concatenate([np.arange(prompt_len), q_pos])[None]
+    k_copy = np.concatenate([np.zeros(prompt_len, int), q_copy])[None]
+    for lo in range(0, len(q_pos), 512):
+      pairs += int(visible(spec, q_pos[lo:lo + 512, None], q_copy[lo:lo + 512, None], k_pos,
+                           k_copy).sum())
+  return 2.0 * cfg.num_layers * (block * rows + 2 * cfg.num_heads * cfg.head_dim * pairs) \
+      + 2.0 * cfg.d_model * cfg.vocab_size
+
+
+def prefill_table(params: SharedParams, ks: list[int], prompt_len: int, repeats: int) -> None:
+  """Per K: Vanilla's ms, and each variant's time ratio to it (FLOP ratio; hidden-copy
+  tokens computed)."""
+  prompt = np.random.default_rng(0).integers(3, params.cfg.vocab_size, prompt_len).tolist()
+  kinds = ("PHD", "SWA", "SWA-full", "CSWA")
+  print(f"{'K':>3} | {'Vanilla':>9} | " + " | ".join(f"{NAMES[kind]:>26}" for kind in kinds))
+  for k in ks:
+    runs, flops, hidden = {}, {}, {}
+    for kind in ("Vanilla",) + kinds:
+      spec = variant(kind, 1 if kind == "Vanilla" else k)
+      decoder = params.decoder(spec)
+      laid, n = decoder.layout([prompt])
+      if kind == "SWA-full":  # every prompt token's copies, as the paper computes them
+        n = prompt_len
+      runs[kind] = (lambda d=decoder, n=n, laid=laid: engine._prefill_jit(
+          d.graphdef, d.state, None, laid.first_slot_B, laid.cache_len, n, laid.tokens_BT)[0])
+      flops[kind], hidden[kind] = prefill_flops(params.cfg, spec, prompt_len, n), n
+    # the paper's SWA prefill is long: timed against its own Vanilla, fewer times
+    full = {"Vanilla": runs["Vanilla"], "SWA-full": runs.pop("SWA-full")}
+    ms = fastest_ms(runs, repeats)
+    ratio, vanilla_ms = {kind: ms[kind] / ms["Vanilla"] for kind in ms}, ms["Vanilla"]
+    ms = fastest_ms(full, max(1, repeats // 5))
+    ratio["SWA-full"] = ms["SWA-full"] / ms["Vanilla"]
+    cells = [f"x{ratio[kind]:>5.2f} (FLOP x{flops[kind] / flops['Vanilla']:>5.2f}"
+             f", {hidden[kind]:>4})" for kind in kinds]
+    print(f"{k:>3} | {vanilla_ms:>6.0f} ms | " + " | ".join(f"{c:>26}" for c in cells),
+          flush=True)
+
+
+def decode_run(params: SharedParams, spec: PHDSpec, batch: int, context: int, steps: int):
+  """One decoding step per call, `batch` rows with `context` tokens cached."""
   decoder = params.decoder(spec)
-  cache = decode.init_cache(params.cfg, spec, 1, context + steps + 2)
+  cache = decode.init_cache(params.cfg, spec, batch, context + steps + 2)
   state = {"cache": cache.replace(length=jnp.int32(context))}  # cached values do not matter
-  token_B = jnp.ones((1,), jnp.int32)
+  token_B = np.ones((batch,), np.int32)
 
   def run():
     logits_BV, state["cache"] = decoder.step(state["cache"], token_B)
@@ -98,26 +158,67 @@ def decode_run(params: SharedParams, spec: PHDSpec, context: int, steps: int):
   return run
 
 
-def prefill_run(params: SharedParams, spec: PHDSpec, prompt_len: int):
-  decoder = params.decoder(spec)
-  prompt = np.random.default_rng(0).integers(3, params.cfg.vocab_size, prompt_len).tolist()
-  return lambda: decoder.prefill([prompt])[0]
-
-
-def ratio_table(kinds: tuple[str, ...], ks: list[int], make_run, repeats: int) -> None:
-  """ms of Vanilla and of each variant kind at each K, with its ratio to the Vanilla
-  measured alongside it (K = 1 is Vanilla itself)."""
-  names = {"PHD": "PHD-K", "SWA": f"PHD-SWA-K-{WINDOW}-inf",
-           "CSWA": f"PHD-CSWA-K-{WINDOW}-{CHUNK}"}
-  print(f"{'K':>4} | {'Vanilla':>10} | " + " | ".join(f"{names[kind]:>20}" for kind in kinds))
+def decode_table(params: SharedParams, ks: list[int], batches: list[int], context: int,
+                 steps: int) -> None:
+  cells = [f"B={b} {'ms/token' if b == 1 else 'tokens/s'}" for b in batches]
+  print(f"{'K':>4} | {'variant':<18} | " + " | ".join(f"{c:>22}" for c in cells))
   for k in ks:
-    runs = {"Vanilla": make_run(PHDSpec())}
-    if k > 1:
-      runs.update({kind: make_run(variants(kind, k)) for kind in kinds})
-    ms = fastest_ms(runs, repeats)
-    cells = [ms.get(kind, ms["Vanilla"]) for kind in kinds]
-    print(f"{k:>4} | {ms['Vanilla']:>7.2f} ms | " +
-          " | ".join(f"{c:>10.2f} ms x{c / ms['Vanilla']:>5.2f}" for c in cells))
+    row = {kind: [] for kind in ("Vanilla", "PHD", "CSWA")}
+    for batch in batches:
+      runs = {kind: decode_run(params, variant(kind, 1 if kind == "Vanilla" else k), batch,
+                               context, steps)
+              for kind in row if kind == "Vanilla" or k > 1}
+      ms = fastest_ms(runs, steps)
+      for kind in runs:
+        value = ms[kind] if batch == 1 else 1000 * batch / ms[kind]
+        ratio = ms[kind] / ms["Vanilla"]
+        row[kind].append(f"{value:>10.1f} (x{ratio:>5.2f})")
+    for kind, values in row.items():
+      if values and (kind != "Vanilla" or k == ks[0]):
+        name = "Vanilla" if kind == "Vanilla" else NAMES[kind].replace("K", str(k), 1)
+        print(f"{k if kind != 'Vanilla' else 1:>4} | {name:<18} | " +
+              " | ".join(f"{v:>22}" for v in values))
+
+
+def compile_table(params: SharedParams, prompts: int, max_len: int) -> None:
+  """Prefill programs traced for `prompts` random lengths, with and without buckets."""
+  lengths = np.random.default_rng(1).integers(1, max_len + 1, prompts)
+  traced = []
+  prefill = engine.prefill
+
+  def counted(*args):  # runs once per trace of a jitted prefill
+    traced.append(args[2].shape[1])
+    return prefill(*args)
+
+  engine.prefill = counted
+  spec = variant("CSWA", 4)
+  shape = nnx.eval_shape(lambda: Transformer(params.cfg, spec, rngs=nnx.Rngs(0)))
+  decoder = decode.Decoder(nnx.merge(nnx.graphdef(shape), params.state))
+  start = time.perf_counter()
+  for n in lengths:
+    jax.block_until_ready(decoder.prefill([[5] * int(n)], max_new_tokens=64)[0])
+  seconds = time.perf_counter() - start
+  engine.prefill = prefill
+  print(f"{prompts} prompt lengths in [1, {max_len}] ({len(set(lengths))} distinct), "
+        f"{spec.name}: {len(traced)} prefill programs with the default buckets "
+        f"({sorted(set(traced))}), {seconds:.0f} s for all prefills with their compilation; "
+        f"without buckets, one per distinct length: {len(set(lengths))}")
+
+
+def cache_table(config_name: str, dtype: str, seq_len: int) -> None:
+  print(f"{'variant':<22} | {'unit':<9} | {'originals MiB':>13} | {'hidden window KiB':>17} | "
+        f"{'total / Vanilla':>15}")
+  rows = [("Vanilla", "tokens"), ("PHD-2", "tokens"), ("PHD-16", "tokens"),
+          ("PHD-SWA-3-16-inf", "tokens"), ("PHD-SWA-3-16-inf", "positions"),
+          ("PHD-CSWA-3-16-32", "tokens"), ("PHD-CSWA-16-16-32", "positions")]
+  vanilla_bytes = None
+  for name, unit in rows:
+    config = load_config(config_name, dtype, name)
+    config.phd.window_unit = unit
+    got = decode.kv_cache_bytes(config, seq_len, 1)
+    vanilla_bytes = vanilla_bytes or got["total"]
+    print(f"{got['variant']:<22} | {unit:<9} | {got['originals'] / 2**20:>13.2f} | "
+          f"{got['hidden_window'] / 2**10:>17.1f} | {got['total'] / vanilla_bytes:>15.4f}")
 
 
 def ints(text: str) -> list[int]:
@@ -126,52 +227,44 @@ def ints(text: str) -> list[int]:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--decode_config", default="olmo2_151m", help="(a): a file in configs/")
-  parser.add_argument("--prefill_config", default="tiny", help="(b): a file in configs/")
+  parser.add_argument("--parts", default="prefill,decode,compile,cache")
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-  parser.add_argument("--decode_ks", type=ints, default=[1, 2, 4, 8, 16, 32])
-  parser.add_argument("--context", type=int, default=512, help="(a): tokens already cached")
-  parser.add_argument("--steps", type=int, default=10, help="(a): timed steps per K")
-  parser.add_argument("--prefill_ks", type=ints, default=[1, 2, 4, 8, 16])
-  parser.add_argument("--prompt_len", type=int, default=1024, help="(b): prompt tokens")
-  parser.add_argument("--repeats", type=int, default=5, help="(b): timed prefills per cell")
-  parser.add_argument("--cache_seq_len", type=int, default=4096, help="(c)")
-  parser.add_argument("--parts", default="a,b,c")
+  parser.add_argument("--prefill_config", default="tiny", help="a file in configs/")
+  parser.add_argument("--prefill_ks", type=ints, default=[2, 4, 8, 16])
+  parser.add_argument("--prompt_len", type=int, default=2048)
+  parser.add_argument("--repeats", type=int, default=10,
+                      help="timed prefills per cell (the paper's SWA prefill: a fifth)")
+  parser.add_argument("--decode_config", default="tiny", help="a file in configs/")
+  parser.add_argument("--decode_ks", type=ints, default=[2, 4, 16, 64, 256])
+  parser.add_argument("--batches", type=ints, default=[1, 8, 32])
+  parser.add_argument("--context", type=int, default=512, help="tokens already cached")
+  parser.add_argument("--steps", type=int, default=5, help="timed steps per cell")
+  parser.add_argument("--compile_prompts", type=int, default=100)
+  parser.add_argument("--cache_seq_len", type=int, default=4096)
+  parser.add_argument("--cache_config", default="olmo2_151m", help="a file in configs/")
   args = parser.parse_args()
   parts = args.parts.split(",")
   print(f"backend {jax.default_backend()}, {jax.devices()[0].device_kind}, dtype {args.dtype}, "
         f"attention {attention_lib.resolve('auto')}")
 
-  if "a" in parts:
-    params = SharedParams(load_config(args.decode_config, args.dtype))
-    print(f"\n(a) decode latency per token, batch 1, {args.context} tokens cached: configs/"
-          f"{args.decode_config}.py, {params.count / 1e6:.1f}M parameters")
-    ratio_table(("PHD", "CSWA"), args.decode_ks,
-                lambda spec: decode_run(params, spec, args.context, args.steps), args.steps)
-
-  if "b" in parts:
+  if "prefill" in parts:
     params = SharedParams(load_config(args.prefill_config, args.dtype))
-    print(f"\n(b) prefill of one {args.prompt_len}-token prompt: configs/{args.prefill_config}"
+    print(f"\nprefill of one {args.prompt_len}-token prompt: configs/{args.prefill_config}"
           f".py, {params.count / 1e6:.1f}M parameters")
-    ratio_table(("PHD", "SWA", "CSWA"), args.prefill_ks,
-                lambda spec: prefill_run(params, spec, args.prompt_len), args.repeats)
-
-  if "c" in parts:
-    print(f"\n(c) KV cache, {args.cache_seq_len} tokens, batch 1, configs/"
-          f"{args.decode_config}.py, {args.dtype}")
-    print(f"{'variant':<22} | {'unit':<9} | {'originals MiB':>13} | {'hidden window KiB':>17} | "
-          f"{'total / Vanilla':>15}")
-    rows = [("Vanilla", "tokens"), ("PHD-2", "tokens"), ("PHD-16", "tokens"),
-            ("PHD-SWA-3-16-inf", "tokens"), ("PHD-SWA-3-16-inf", "positions"),
-            ("PHD-CSWA-3-16-32", "tokens"), ("PHD-CSWA-16-16-32", "positions")]
-    vanilla_bytes = None
-    for variant, unit in rows:
-      config = load_config(args.decode_config, args.dtype, variant)
-      config.phd.window_unit = unit
-      got = decode.kv_cache_bytes(config, args.cache_seq_len, 1)
-      vanilla_bytes = vanilla_bytes or got["total"]
-      print(f"{got['variant']:<22} | {unit:<9} | {got['originals'] / 2**20:>13.2f} | "
-            f"{got['hidden_window'] / 2**10:>17.1f} | {got['total'] / vanilla_bytes:>15.4f}")
+    prefill_table(params, args.prefill_ks, args.prompt_len, args.repeats)
+  if "decode" in parts:
+    params = SharedParams(load_config(args.decode_config, args.dtype))
+    print(f"\ndecode step with {args.context} tokens cached: configs/{args.decode_config}.py, "
+          f"{params.count / 1e6:.1f}M parameters; ratio = step time / Vanilla's")
+    decode_table(params, args.decode_ks, args.batches, args.context, args.steps)
+  if "compile" in parts:
+    params = SharedParams(load_config(args.prefill_config, args.dtype))
+    print(f"\ncompiled prefill programs: configs/{args.prefill_config}.py")
+    compile_table(params, args.compile_prompts, args.prompt_len)
+  if "cache" in parts:
+    print(f"\nKV cache, {args.cache_seq_len} tokens, batch 1, configs/{args.cache_config}.py, "
+          f"{args.dtype}")
+    cache_table(args.cache_config, args.dtype, args.cache_seq_len)
 
 
 if __name__ == "__main__":
