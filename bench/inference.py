@@ -1,6 +1,6 @@
 """Inference cost of PHD against Vanilla: prefill, decoding, compiled programs, cache bytes.
 
-  python bench/inference.py                                   # CPU-sized defaults (~10 min)
+  python bench/inference.py                   # CPU-sized defaults (~20 min on 2 busy cores)
   python bench/inference.py --parts=prefill --prefill_ks=16   # one part, fewer cells
   python bench/inference.py --decode_config=olmo2_550m --prefill_config=olmo2_550m \
       --dtype=bfloat16 --context=2048 --prompt_len=2048 --decode_ks=1,2,4,16,64,256  # a GPU
