@@ -29,23 +29,25 @@ def param_specs(mesh_shape):
 
 def test_parameters_and_optimizer_state_follow_the_rules():
   abstract, specs = param_specs((2, 2, 2))
-  block = "['blocks'][0]"
+  # scanned layers: every block parameter has a leading, replicated "layers" axis
+  block = "['blocks']"
   expected = {
-      f"{block}['attn']['wq'].value": P("fsdp", "tensor", None),
-      f"{block}['attn']['wk'].value": P("fsdp", "tensor", None),
-      f"{block}['attn']['wo'].value": P("tensor", None, "fsdp"),
-      f"{block}['attn']['q_norm']['scale'].value": P("tensor", None),
-      f"{block}['mlp']['gate'].value": P("fsdp", "tensor"),
-      f"{block}['mlp']['down'].value": P("tensor", "fsdp"),
-      f"{block}['attn_norm']['scale'].value": P(None),
+      f"{block}['attn']['wq'].value": P(None, "fsdp", "tensor", None),
+      f"{block}['attn']['wk'].value": P(None, "fsdp", "tensor", None),
+      f"{block}['attn']['wo'].value": P(None, "tensor", None, "fsdp"),
+      f"{block}['attn']['q_norm']['scale'].value": P(None, "tensor", None),
+      f"{block}['mlp']['gate'].value": P(None, "fsdp", "tensor"),
+      f"{block}['mlp']['down'].value": P(None, "tensor", "fsdp"),
+      f"{block}['attn_norm']['scale'].value": P(None, None),
       "['embed']['table'].value": P("tensor", "fsdp"),
       "['lm_head'].value": P("fsdp", "tensor"),
       "['final_norm']['scale'].value": P(None),
   }
   for name, spec in expected.items():
     assert specs[name] == spec, name
-  wq = abstract.params["blocks"][0]["attn"]["wq"]
-  assert wq.sharding.shard_shape(wq.shape) == (32 // 2, 4 // 2, 8)
+  wq = abstract.params["blocks"]["attn"]["wq"]
+  num_layers = wq.shape[0]
+  assert wq.sharding.shard_shape(wq.shape) == (num_layers, 32 // 2, 4 // 2, 8)
   # both Adam moments are laid out like the parameters; the step count is replicated
   adam = abstract.opt_state[1][0]
   for moment in (adam.mu, adam.nu):
