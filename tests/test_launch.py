@@ -398,6 +398,9 @@ def test_tpu_worker_starts_follows_and_stops_a_detached_run(tmp_path):
          "--env", "RUN_STATUS=0", "--", "--config=c", "--workdir=gs://b/w", env=env)
   group = int((run_dir / "pid").read_text())
   os.kill(group, 0)  # running, detached from this call
+  deadline = time.monotonic() + 20  # under load the detached run may not have printed yet
+  while not (run_dir / "log").read_text() and time.monotonic() < deadline:
+    time.sleep(0.1)
   launch("tpu_worker.sh", "start", "--env", "RUN_NAME=second", "--env", "RUN_SECONDS=1",
          "--env", "RUN_STATUS=5", "--", "--config=c", "--workdir=gs://b/w", env=env)
   with pytest.raises(ProcessLookupError):
