@@ -42,6 +42,7 @@ class Run:
   settings: tuple[str, ...]  # "field=value" for this variant only
   seed: int
   workdir: str
+  num_steps: int  # where the run is complete; a preempted run also exits 0, earlier
 
   def command(self, config_path: str, common: tuple[str, ...], python: str) -> list[str]:
     return ([python, "-m", "phd_jax.main", f"--config={config_path}:{self.variant}",
@@ -119,8 +120,8 @@ def plan(config_path: str, variants: str, seeds: str, workdir: str,
       config_lib.validate(config)
     except ValueError as e:
       raise ValueError(f"--variants: {spec!r}: {e}") from None
-    runs += [Run(spec, variant, settings, seed, os.path.join(workdir, spec, f"seed{seed}"))
-             for seed in seed_list]
+    runs += [Run(spec, variant, settings, seed, os.path.join(workdir, spec, f"seed{seed}"),
+                 config.num_steps) for seed in seed_list]
   return runs
 
 
@@ -139,6 +140,14 @@ def _write_status(run_workdir: str, status: dict) -> None:
   os.replace(path + ".tmp", path)  # never a half-written status
 
 
+def saved_step(run_workdir: str) -> int | None:
+  """The newest checkpoint step in the run's workdir (set-aside `<step>.corrupt` excluded)."""
+  folder = os.path.join(run_workdir, "checkpoints")
+  steps = [int(name) for name in (os.listdir(folder) if os.path.isdir(folder) else ())
+           if name.isdigit()]
+  return max(steps, default=None)
+
+
 def execute(run: Run, command: list[str]) -> dict:
   """Train one run (resuming it), its output appended to its train.log; returns its
   status, also written to its sweep_status.json."""
@@ -149,7 +158,11 @@ def execute(run: Run, command: list[str]) -> dict:
     log.write(f"$ {shlex.join(command)}\n")
     log.flush()
     rc = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
-  status = {"status": "done" if rc == 0 else "failed", "returncode": rc,
+  if rc:
+    outcome = "failed"
+  else:  # exit 0 also ends a preempted run (SIGTERM): done only once it saved its last step
+    outcome = "done" if (saved_step(run.workdir) or 0) >= run.num_steps else "interrupted"
+  status = {"status": outcome, "returncode": rc,
             "variant": run.spec, "seed": run.seed, "command": shlex.join(command),
             "wall_s": previous.get("wall_s", 0.0) + time.time() - start,
             "attempts": previous.get("attempts", 0) + 1}
@@ -198,7 +211,8 @@ def main(argv=None) -> int:
     if status["status"] != "done":
       failed.append(f"{run.spec} seed {run.seed} (see {run.workdir}/{LOG_FILE})")
   if failed:
-    print("failed: " + "; ".join(failed), file=sys.stderr)
+    print("not finished (rerun the same command to resume): " + "; ".join(failed),
+          file=sys.stderr)
     return 1
   return 0
 

@@ -110,3 +110,16 @@ def test_sweep_resumes_interrupted_run_and_reports(tmp_path, capsys, monkeypatch
   assert f"{np.mean(deltas):+.4f} ± {np.std(deltas, ddof=1) / np.sqrt(2):.4f} (n=2)" in table
   for png in (tokens_png, flops_png):
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n" and os.path.getsize(png) > 10_000
+
+
+@pytest.mark.parametrize("saved, expected", [(None, "interrupted"), (3, "interrupted"),
+                                             (4, "done")])
+def test_a_run_that_exits_0_is_done_only_at_its_last_step(tmp_path, saved, expected):
+  """A preempted trainer saves and exits 0: the sweep must resume it next time, not skip it."""
+  run = sweep.Run("Vanilla", "Vanilla", (), 0, str(tmp_path / "run"), num_steps=4)
+  if saved is not None:
+    os.makedirs(tmp_path / "run" / "checkpoints" / str(saved))
+  os.makedirs(tmp_path / "run" / "checkpoints" / "9.corrupt", exist_ok=True)  # set aside
+  status = sweep.execute(run, ["python3", "-c", "pass"])
+  assert (status["status"], status["returncode"]) == (expected, 0)
+  assert sweep.read_status(run.workdir)["status"] == expected
