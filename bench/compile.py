@@ -3,9 +3,8 @@
   python bench/compile.py                                  # the README table (minutes)
   python bench/compile.py --layers=2,16 --seq_lens=4096 --skip_compile
 
-One train step as `phd_jax.train` builds it (loss and gradients through
-`train.loss_and_grads`, then the AdamW update), jitted with the train state's shardings on
-one device and lowered from abstract inputs (nothing is run). Each row: seconds to trace
+One train step exactly as `phd_jax.train.make_train_step` builds it (loss, gradients,
+AdamW update and the logged metrics), jitted with the train state's shardings on one device and lowered from abstract inputs (nothing is run). Each row: seconds to trace
 and lower to StableHLO, seconds for XLA to compile it, and the StableHLO line count (the
 program size, exact). The model is the tiny config's width (d_model 128, 4 heads); the
 layers are scanned (`model.scan_layers=True`, the default) or a Python loop. Target:
@@ -19,12 +18,9 @@ import pathlib
 import time
 
 import jax
-import optax
-from flax import nnx
 
 from phd_jax import config as config_lib
 from phd_jax import sharding, state, train
-from phd_jax.optim import make_optimizer
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -41,26 +37,14 @@ def make_config(variant: str, num_layers: int, seq_len: int, scan_layers: bool):
 def lower_train_step(config):
   """The jitted train step lowered from abstract state and batch: (lowered, seconds)."""
   mesh = sharding.make_mesh(config, jax.devices()[:1])
-  gdef, tx = state.graphdef(config), make_optimizer(config)
   abstract = state.abstract_state(config, mesh)
-
-  def step(train_state, batch):
-    with nnx.logical_axis_rules(sharding.RULES):
-      loss, _, grads = train.loss_and_grads(gdef, train_state.params, batch,
-                                            config.microbatches, config.optim.z_loss)
-    updates, opt_state = tx.update(grads, train_state.opt_state, train_state.params)
-    params = optax.apply_updates(train_state.params, updates)
-    return train_state.replace(step=train_state.step + 1, params=params,
-                               opt_state=opt_state), loss
-
-  shardings = jax.tree.map(lambda x: x.sharding, abstract)
+  step = train.make_train_step(config, mesh, state.graphdef(config))
   batch = {k: jax.ShapeDtypeStruct((config.batch_size, config.seq_len), jax.numpy.int32,
                                    sharding=sharding.batch_sharding(mesh))
            for k in train.BATCH_KEYS}
-  jitted = jax.jit(step, out_shardings=(shardings, None), donate_argnums=0)
   start = time.perf_counter()
   with jax.set_mesh(mesh):
-    lowered = jitted.lower(abstract, batch)
+    lowered = step.jitted.lower(abstract, batch)
   return lowered, time.perf_counter() - start
 
 
