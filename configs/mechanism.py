@@ -4,12 +4,15 @@
       --variants=Vanilla,PHD-2,PHD-3,PHD-CSWA-3-4-8,Vanilla@model.num_layers=2,...
   python -m phd_jax.eval.chase DIR/*/seed*
 
-Each answer is f(x) for a permutation f of 16 symbols listed in the same row
-(`data/pointer_chase.py`): the model must find x in the table and read the symbol after
-it, two attention steps one after the other (mark each symbol with its predecessor, then
-look it up), which one layer cannot do in one pass. The 1-layer model is the base: Vanilla
-with 2 and 3 layers spends 2x and 3x its compute per token in depth, PHD-K spends it in K
-copies of every token. All values are ours.
+Each answer is f(x) for a permutation f of 8 symbols listed in the same row
+(`data/pointer_chase.py`, the "marked" table: values have ids of their own): the model must
+find x in the table and read the symbol after it, two attention steps one after the other
+(mark each symbol with its predecessor, then look it up: an induction head), which one
+layer cannot do in one pass. The 1-layer model is the base: Vanilla with 2 and 3 layers
+spends 2x and 3x its compute per token in depth, PHD-K spends it in K copies of every
+token. Pre-norm without QK-norm: with the OLMo2 norms a 2-layer Vanilla was still at
+chance after 1,500 steps, with these it starts to learn the lookup after about 1,500 and
+reaches 36% accuracy (chance 12.5%) at 3,000. All values are ours.
 """
 
 from phd_jax import defaults
@@ -17,7 +20,9 @@ from phd_jax import defaults
 
 def get_config(variant=None):
   c = defaults.get_config(variant)
-  c.model.vocab_size = 128
+  c.model.vocab_size = 32  # 3 special ids, 8 keys, 8 values, the separator
+  c.model.norm_style = "pre"
+  c.model.qk_norm = False
   c.model.d_model = 64
   c.model.num_layers = 1
   c.model.num_heads = 4
@@ -25,17 +30,18 @@ def get_config(variant=None):
   c.model.head_dim = 16
   c.model.mlp_dim = 192
   c.model.rope_theta = 10_000.0
-  c.seq_len = 64  # BOS, a table of 16 pairs, a separator, 15 queries
+  c.seq_len = 64  # BOS, a table of 8 pairs, a separator, 23 queries
   c.batch_size = 32
-  c.num_steps = 400
-  c.log_every = 20
-  c.eval_every = 100
+  c.num_steps = 3000
+  c.log_every = 50
+  c.eval_every = 500
   c.eval_batches = 16
   c.optim.lr = 3e-3
   c.optim.warmup_steps = 30
   c.optim.weight_decay = 0.1
-  c.checkpoint.every = 100
+  c.checkpoint.every = 500
   c.data.source = "pointer_chase"
-  c.data.chase_nodes = 16
+  c.data.chase_nodes = 8
   c.data.chase_hops = 1
+  c.data.chase_table = "marked"
   return c

@@ -89,6 +89,11 @@ def get_config(variant=None):
   c.data.tokenizer_path = ""  # model file for sentencepiece / tokenizer.json for hf
   c.data.num_workers = 0  # processes that read and tokenize documents (0 = in-process)
   c.data.prefetch = 2
+  # "pointer_chase" (data/pointer_chase.py): permutation size, lookups per answer, and the
+  # table's form ("pairs": one token per entry; "interleaved" / "marked": x, f(x) tokens)
+  c.data.chase_nodes = 16
+  c.data.chase_hops = 1
+  c.data.chase_table = "interleaved"
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every = 1000  # save every N steps (0 = only at the end)

@@ -32,25 +32,44 @@ def batch(config, split="train", step=0):
     it.close()
 
 
+def read_table(tokens, rows: pointer_chase.Layout) -> dict:
+  """The row's table {x: f(x)} as symbols, decoded independently of the source."""
+  n = rows.nodes
+  if rows.table == "pairs":
+    ids = tokens[1:1 + n] - (FIRST_ID + n + 1)
+    return dict(zip(ids // n, ids % n))
+  keys, values = tokens[1:1 + 2 * n:2] - FIRST_ID, tokens[2:2 + 2 * n:2] - FIRST_ID
+  if rows.table == "marked":
+    assert (values >= n).all() and (values < 2 * n).all()
+    values = values - n
+  return dict(zip(keys, values))
+
+
+@pytest.mark.parametrize("table", pointer_chase.TABLES)
 @pytest.mark.parametrize("nodes, hops, seq_len", [(16, 1, 64), (5, 3, 23)])
-def test_answers_follow_the_rows_table(nodes, hops, seq_len):
+def test_answers_follow_the_rows_table(nodes, hops, seq_len, table):
   c = mechanism_config(**{"data.chase_nodes": nodes, "data.chase_hops": hops,
-                          "seq_len": seq_len, "batch_size": 4})
+                          "data.chase_table": table, "seq_len": seq_len, "batch_size": 4,
+                          "model.vocab_size": 300})
   b = batch(c)
-  mask_T = pointer_chase.answer_mask(seq_len, nodes)
-  queries = pointer_chase.queries_per_row(seq_len, nodes)
-  assert mask_T.sum() == queries >= 1
+  rows = pointer_chase.layout(c)
+  mask_T = rows.answer_mask(seq_len)
+  queries = rows.queries_per_row(seq_len)
+  table_len = nodes if table == "pairs" else 2 * nodes
+  value_offset = nodes if table == "marked" else 0
+  assert mask_T.sum() == queries == (seq_len - 2 - table_len) // 2 >= 1
+  assert b["tokens"].max() < c.model.vocab_size
   for tokens, segments in zip(b["tokens"], b["segment_ids"]):
-    symbols = tokens - FIRST_ID
-    assert tokens[0] == BOS_ID and symbols[1 + 2 * nodes] == nodes  # separator
-    table = dict(zip(symbols[1:1 + 2 * nodes:2], symbols[2:2 + 2 * nodes:2]))
-    assert sorted(table) == sorted(table.values()) == list(range(nodes))  # a permutation
+    assert tokens[0] == BOS_ID
+    assert tokens[1 + table_len] == FIRST_ID + nodes + value_offset  # the separator
+    f = read_table(tokens, rows)
+    assert sorted(f) == sorted(f.values()) == list(range(nodes))  # a permutation
     for position in np.flatnonzero(mask_T):
-      x = symbols[position]
+      x = tokens[position] - FIRST_ID
       for _ in range(hops):
-        x = table[x]
-      assert symbols[position + 1] == x
-    used = 2 + 2 * nodes + 2 * queries
+        x = f[x]
+      assert tokens[position + 1] - FIRST_ID - value_offset == x
+    used = 2 + table_len + 2 * queries
     assert (segments[:used] == 1).all() and (segments[used:] == 0).all()
 
 
@@ -62,10 +81,15 @@ def test_rows_are_reproducible_and_split_specific():
 
 
 def test_bad_settings_are_refused():
-  with pytest.raises(ValueError, match="seq_len"):
-    batch(mechanism_config(seq_len=20))
+  with pytest.raises(ValueError, match="needs seq_len >= 20"):  # BOS, 16 table ids, SEP
+    batch(mechanism_config(seq_len=19))
   with pytest.raises(ValueError, match="vocab_size"):
     batch(mechanism_config(**{"data.chase_nodes": 200}))
+  with pytest.raises(ValueError, match="vocab_size >= 276"):  # 3 + 16 + 1 + 16^2 ids
+    batch(mechanism_config(**{"data.chase_table": "pairs", "data.chase_nodes": 16,
+                              "model.vocab_size": 275}))
+  with pytest.raises(ValueError, match="chase_table"):
+    batch(mechanism_config(**{"data.chase_table": "pair"}))
 
 
 def test_answer_accuracy_is_the_models_argmax():
@@ -74,7 +98,7 @@ def test_answer_accuracy_is_the_models_argmax():
   model = state.new_model(c)
   metrics = chase.answer_metrics(model, c, None, num_batches=2)
   b1, b2 = batch(c, "validation", 0), batch(c, "validation", 1)
-  mask_T = pointer_chase.answer_mask(c.seq_len, c.data.chase_nodes)
+  mask_T = pointer_chase.layout(c).answer_mask(c.seq_len)
   hits, logprobs = [], []
   for b in (b1, b2):
     logits = np.asarray(model(b["tokens"], b["segment_ids"], b["positions"]))

@@ -59,7 +59,9 @@ def _source(config, split, process_index, process_count, gather):
   if config.data.source == "pointer_chase":
     pointer_chase.check(config)
     return pointer_chase.PointerChaseSource(nodes=config.data.chase_nodes,
-                                            hops=config.data.chase_hops, split=split, **shape)
+                                            hops=config.data.chase_hops,
+                                            table=config.data.chase_table, split=split,
+                                            **shape)
   from phd_jax.data import sources
   tokenizer = make_tokenizer(config)
   check_vocab(tokenizer, config)

@@ -38,7 +38,7 @@ def answer_metrics(model, config, mesh, num_batches: int) -> dict:
   if config.data.source != "pointer_chase":
     raise ValueError(f"data.source={config.data.source!r}: answer accuracy needs a run "
                      "trained on 'pointer_chase'")
-  mask_T = pointer_chase.answer_mask(config.seq_len, config.data.chase_nodes)
+  mask_T = pointer_chase.layout(config).answer_mask(config.seq_len)
   scorer = Scorer(model, seq_len=config.seq_len, batch_size=config.batch_size, mesh=mesh)
   iterator = data.make_iterator(config, split="validation")
 
