@@ -6,8 +6,9 @@ seen only by hidden queries, and only within the small `HiddenBand` (own token, 
 chunk). Both sets of scores share ONE softmax (a joint log-sum-exp), so the result is the
 reference's up to rounding; no (K*T)^2 mask is ever built.
 
-Long sequences run in query blocks of `block_size` tokens, each recomputed in the backward
-pass, so memory holds one block's K*block*T scores. A block scores only the originals up
+Long sequences run in query blocks, each recomputed in the backward pass, so memory holds
+one block's K*block*T scores; blocks get smaller as K grows (`default_block_size`), which
+on a CPU keeps the scores in cache. A block scores only the originals up
 to the end of its GROUP: the blocks are cut into at most MAX_GROUPS contiguous groups, and
 the blocks of a group, all of one shape, run as one `lax.map`. So the program holds at
 most MAX_GROUPS block bodies whatever T, and the scores cover (G+1)/(2G) of the T x T
@@ -25,7 +26,10 @@ import numpy as np
 from phd_jax.attention.band import MASKED, HiddenBand
 from phd_jax.masks import PHDSpec
 
-BLOCK_SIZE = 256  # query tokens per block: small blocks skip more of the square
+# Measured on a CPU (`bench/attention.py`, T = 2048): Vanilla ran fastest with blocks of 128
+# tokens (256: +15%), PHD-K with 64 (K = 3 at 256: 1.4*K instead of 1.0*K); 32 was slower.
+BLOCK_ROWS = 128  # query rows (tokens x copies) per block, at most
+MIN_BLOCK = 64  # query tokens per block, at least
 MAX_GROUPS = 8  # key lengths (hence block bodies in the program) per attention call
 
 
@@ -84,6 +88,12 @@ def _pad_tokens(x, length: int):
   return jnp.pad(x, pad)[:, :length]
 
 
+def default_block_size(k: int) -> int:
+  """Query tokens per block: the largest power of two with at most BLOCK_ROWS rows
+  (tokens x copies), and at least MIN_BLOCK tokens."""
+  return max(1 << max(BLOCK_ROWS // k, 1).bit_length() - 1, MIN_BLOCK)
+
+
 def query_groups(num_blocks: int) -> list[tuple[int, int]]:
   """Contiguous [first, last) ranges of blocks, at most MAX_GROUPS, later ones no longer
   (their blocks score more keys)."""
@@ -96,7 +106,7 @@ def structured_attention(q_BTKHDh, k_BTKGDh, v_BTKGDh, spec: PHDSpec, segment_id
   """PHD attention, `[B, T, K, H, Dh]`; exact on any backend, differentiable."""
   B, T, K, H, Dh = q_BTKHDh.shape
   G = k_BTKGDh.shape[3]
-  block_size = min(block_size or BLOCK_SIZE, T)
+  block_size = min(block_size or default_block_size(K), T)
   num_blocks = -(-T // block_size)
   q = _pad_tokens(q_BTKHDh.reshape(B, T, K, G, H // G, Dh), num_blocks * block_size)
   args = (q, k_BTKGDh, v_BTKGDh, segment_ids_BT, positions_BT)
