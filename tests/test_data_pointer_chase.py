@@ -97,15 +97,28 @@ def test_answer_accuracy_is_the_models_argmax():
                                         "model.head_dim": 8})
   model = state.new_model(c)
   metrics = chase.answer_metrics(model, c, None, num_batches=2)
-  b1, b2 = batch(c, "validation", 0), batch(c, "validation", 1)
-  mask_T = pointer_chase.layout(c).answer_mask(c.seq_len)
-  hits, logprobs = [], []
-  for b in (b1, b2):
-    logits = np.asarray(model(b["tokens"], b["segment_ids"], b["positions"]))
-    logp = np.asarray(jax.nn.log_softmax(logits))[:, mask_T]
-    answers = b["tokens"][:, 1:][:, mask_T[:-1]]
-    hits.append(logp.argmax(-1) == answers)
-    logprobs.append(np.take_along_axis(logp, answers[..., None], -1))
+  rows = pointer_chase.layout(c)
+  mask_T = rows.answer_mask(c.seq_len)
+
+  def hits_and_logprobs(swap):
+    hits, logprobs = [], []
+    for step in (0, 1):
+      b = batch(c, "validation", step)
+      tokens = b["tokens"].copy()
+      answers = tokens[:, 1:][:, mask_T[:-1]]
+      if swap:  # row i reads row i-1's table (by hand: no np.roll)
+        n = rows.table_tokens
+        tokens[:, 1:1 + n] = b["tokens"][[len(tokens) - 1] + list(range(len(tokens) - 1)),
+                                         1:1 + n]
+      logits = np.asarray(model(tokens, b["segment_ids"], b["positions"]))
+      logp = np.asarray(jax.nn.log_softmax(logits))[:, mask_T]
+      hits.append(logp.argmax(-1) == answers)
+      logprobs.append(np.take_along_axis(logp, answers[..., None], -1))
+    return np.concatenate(hits), np.concatenate(logprobs)
+
+  hits, logprobs = hits_and_logprobs(swap=False)
   assert metrics["answers"] == 2 * 8 * mask_T.sum()
-  assert metrics["accuracy"] == pytest.approx(np.concatenate(hits).mean())
-  assert metrics["answer_loss"] == pytest.approx(-np.concatenate(logprobs).mean(), rel=1e-5)
+  assert metrics["accuracy"] == pytest.approx(hits.mean())
+  assert metrics["answer_loss"] == pytest.approx(-logprobs.mean(), rel=1e-5)
+  assert metrics["first_accuracy"] == pytest.approx(hits[:, 0].mean())
+  assert metrics["swapped_accuracy"] == pytest.approx(hits_and_logprobs(swap=True)[0].mean())
