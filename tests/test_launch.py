@@ -162,10 +162,17 @@ def test_local_interrupt_stops_every_rank(tmp_path):
   trainer.chmod(0o755)
   workdir = tmp_path / "w"
   env = {"PATH": os.environ["PATH"], "FAIL_RANK": "none"}
-  proc = subprocess.Popen(
-      [str(LAUNCH / "local.sh"), "--num_processes", "2", "--platform", "cpu", "--python",
-       str(trainer), "--", "--config=c", f"--workdir={workdir}"],
-      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  # Start the launcher with SIGINT's default disposition, as from a terminal: a shell cannot
+  # trap a signal that was ignored when it started, and test runners (pytest-xdist workers)
+  # may ignore SIGINT. The child inherits the disposition at exec.
+  previous = signal.signal(signal.SIGINT, signal.SIG_DFL)
+  try:
+    proc = subprocess.Popen(
+        [str(LAUNCH / "local.sh"), "--num_processes", "2", "--platform", "cpu", "--python",
+         str(trainer), "--", "--config=c", f"--workdir={workdir}"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  finally:
+    signal.signal(signal.SIGINT, previous)
   log1 = workdir / "logs" / "rank_1.log"
   deadline = time.monotonic() + 120  # generous: CI machines are often loaded
   while not (log1.exists() and log1.read_text()):  # until rank 1 is up

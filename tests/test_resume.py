@@ -75,11 +75,16 @@ def _run(workdir, fault=None, at=0, extra=()):
 
 
 def _one_line_error(result, *phrases):
-  """The run exited 1 with its last stderr line the error (warnings may precede it)."""
+  """The run exited 1 with its last stderr line the error (warnings may precede it; at
+  exit asyncio may still report a failed background read of a damaged file after it)."""
   assert result.returncode == 1, (result.stdout, result.stderr[-3000:])
   assert "Traceback" not in result.stderr, result.stderr[-3000:]
-  last = result.stderr.splitlines()[-1]
-  assert last.startswith("phd_jax.main: error: "), result.stderr[-3000:]
+  lines = result.stderr.splitlines()
+  errors = [i for i, line in enumerate(lines) if line.startswith("phd_jax.main: error: ")]
+  assert errors, result.stderr[-3000:]
+  after = lines[errors[-1] + 1:]
+  assert not after or "Future exception was never retrieved" in after[0], result.stderr[-3000:]
+  last = lines[errors[-1]]
   for phrase in phrases:
     assert phrase in last, (phrase, last)
 
