@@ -9,10 +9,10 @@ Table 1, per sequence length T: vanilla causal attention, then every variant x
 implementation. Each time is one jitted forward+backward (gradients of q, k and v), the best
 of --repeats runs measured side by side in this process. `x van` is the ratio to the fastest
 vanilla row (marked *) and `/K` that ratio over K (target for `structured` at T = 2048:
-<= 1.0, memory <= 1.1). Vanilla rows: JAX's `dot_product_attention` with is_causal (XLA; cuDNN too on GPU in
-16-bit) and every implementation at K = 1 (`structured` there skips the tiles above the
-diagonal, which XLA's computes). Memory is the compiled peak from XLA's memory analysis,
-as a ratio to the same vanilla row.
+<= 1.0, memory <= 1.1). Vanilla rows: JAX's `dot_product_attention` with is_causal (XLA;
+cuDNN too on GPU in 16-bit) and every implementation at K = 1 (`structured` there skips
+the tiles above the diagonal, which XLA's computes). Memory is the compiled peak from XLA's
+memory analysis, as a ratio to the same vanilla row.
 
 Table 2: one model forward+backward (loss and parameter gradients through
 `nnx.value_and_grad`) of PHD-CSWA-K-16-32 against Vanilla, same model and tokens; target

@@ -4,7 +4,8 @@
   python bench/compile.py --layers=2,16 --seq_lens=4096 --skip_compile
 
 One train step exactly as `phd_jax.train.make_train_step` builds it (loss, gradients,
-AdamW update and the logged metrics), jitted with the train state's shardings on one device and lowered from abstract inputs (nothing is run). Each row: seconds to trace
+AdamW update and the logged metrics), jitted with the train state's shardings on one
+device and lowered from abstract inputs (nothing is run). Each row: seconds to trace
 and lower to StableHLO, seconds for XLA to compile it, and the StableHLO line count (the
 program size, exact). The model is the tiny config's width (d_model 128, 4 heads); the
 layers are scanned (`model.scan_layers=True`, the default) or a Python loop. Target:

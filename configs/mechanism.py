@@ -1,8 +1,9 @@
 """Can the hidden copies carry serial computation? A pointer-chasing task.
 
-  python -m phd_jax.sweep --config=configs/mechanism.py --workdir=DIR --seeds=0 \
-      --variants=Vanilla,PHD-2,PHD-3,PHD-CSWA-3-4-8,Vanilla@model.num_layers=2,...
-  python -m phd_jax.eval.chase DIR/*/seed*
+  python -m phd_jax.sweep --config=configs/mechanism.py --workdir=DIR --seeds=0,1 \
+      --variants=Vanilla,Vanilla@model.num_layers=2,PHD-2,PHD-3,PHD-CSWA-3-4-8,PHD-4,\
+Vanilla@model.num_layers=3
+  python -m phd_jax.eval.chase DIR/*/seed* --batches=32
 
 Each answer is f(x) for a permutation f of 8 symbols listed in the same row
 (`data/pointer_chase.py`, the "marked" table: values have ids of their own). The exact

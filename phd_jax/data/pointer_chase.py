@@ -39,7 +39,7 @@ TABLES = ("pairs", "interleaved", "marked")
 class Layout:
   """Where a row's parts sit and which ids they use."""
   nodes: int
-  table: str = "interleaved"
+  table: str  # one of TABLES
 
   @property
   def table_tokens(self) -> int:
@@ -102,7 +102,7 @@ class PointerChaseSource(SyntheticSource):
 
   def __init__(self, *, nodes: int, hops: int, seq_len: int, global_batch: int,
                process_index: int, process_count: int, seed: int, split: str,
-               table: str = "interleaved"):
+               table: str):
     if split not in SPLITS:
       raise ValueError(f"pointer_chase split {split!r} is not one of {sorted(SPLITS)}")
     self.layout, self.hops, self.seq_len = Layout(nodes, table), hops, seq_len
