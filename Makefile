@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: install test train clean test-tools
+.PHONY: install test test-fast train clean test-tools
 
 $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ test-tools:
 
 test: $(STAMP) test-tools
 	$(PY) -m pytest -n $(PYTEST_WORKERS) -q tests
+
+# The tests that run in this process: no subprocess, multi-process or interpret-mode tests.
+test-fast: $(STAMP) test-tools
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -q -m "not slow" tests
 
 train: $(STAMP)
 	$(PY) -m phd_jax.main --config=configs/tiny.py --workdir=workdirs/tiny

@@ -22,7 +22,7 @@ Table 2: one model forward+backward (loss and parameter gradients through
 from __future__ import annotations
 
 import argparse
-import time
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -33,9 +33,7 @@ from phd_jax.loss import next_token_loss
 from phd_jax.masks import PHDSpec
 from phd_jax.model import ModelConfig, Transformer
 
-
-def _ints(text):
-  return [int(x) for x in text.split(",") if x]
+from common import ints, seconds_in_turns  # a sibling in bench/
 
 
 def _chunks(text):
@@ -50,20 +48,12 @@ def peak_bytes(compiled) -> int:
 
 
 def measure(cases, repeats: int):
-  """[(seconds, peak bytes)] of jitted `fn(*args)` for each (fn, args) in `cases`.
-
-  Runs round-robin, best of `repeats` rounds after a warm-up one, so that load from other
-  processes hits every case alike.
-  """
+  """[(seconds, peak bytes)] of jitted `fn(*args)` for each (fn, args) in `cases`: the
+  fastest of `repeats` calls, taken in turns with the other cases'."""
   compiled = [jax.jit(fn).lower(*args).compile() for fn, args in cases]
-  best = [float("inf")] * len(cases)
-  for round_ in range(repeats + 1):
-    for i, (c, (_, args)) in enumerate(zip(compiled, cases)):
-      start = time.perf_counter()
-      jax.block_until_ready(c(*args))
-      if round_:
-        best[i] = min(best[i], time.perf_counter() - start)
-  return [(s, peak_bytes(c)) for s, c in zip(best, compiled)]
+  seconds = seconds_in_turns({i: functools.partial(c, *args)
+                              for i, (c, (_, args)) in enumerate(zip(compiled, cases))}, repeats)
+  return [(min(seconds[i]), peak_bytes(c)) for i, c in enumerate(compiled)]
 
 
 def forward_backward(attend):
@@ -104,7 +94,7 @@ def attention_rows(args):
   header = (f"{'T':>5} {'variant':<18} {'impl':<10} {'ms':>9} {'x van':>6} {'/K':>5} "
             f"{'MiB':>8} {'x van':>6}")
   print(header + "\n" + "-" * len(header))
-  for T in _ints(args.seq_lens):
+  for T in ints(args.seq_lens):
     key = jax.random.split(jax.random.key(T), 4)
     q = jax.random.normal(key[0], (B, T, H, Dh), dtype)
     kv = [jax.random.normal(k, (B, T, G, Dh), dtype) for k in key[1:3]]
@@ -112,7 +102,7 @@ def attention_rows(args):
     for name, fn in vanilla_rows(dtype):
       rows.append(("vanilla causal", name, 1))
       cases.append((forward_backward(fn), (q, *kv, q)))
-    for spec in specs(_ints(args.ks), _ints(args.windows), _chunks(args.chunks)):
+    for spec in specs(ints(args.ks), ints(args.windows), _chunks(args.chunks)):
       qkv = [jnp.broadcast_to(x[:, :, None], (B, T, spec.k, *x.shape[2:])) for x in (q, *kv)]
       cotangent = jax.random.normal(key[3], qkv[0].shape, jnp.float32)
       for impl in impls:
@@ -142,7 +132,7 @@ def model_rows(args):
         f"{attention.resolve(cfg.attention_impl)}")
   header = f"{'variant':<20} {'ms':>9} {'x van':>6} {'/K':>5} {'MiB':>8} {'x van':>6}"
   print(header + "\n" + "-" * len(header))
-  specs_ = [PHDSpec(k=1)] + [PHDSpec(k=k, window=16, chunk=32) for k in _ints(args.ks) if k > 1]
+  specs_ = [PHDSpec(k=1)] + [PHDSpec(k=k, window=16, chunk=32) for k in ints(args.ks) if k > 1]
   cases = []
   for spec in specs_:
     graphdef, state = nnx.split(Transformer(cfg, spec, rngs=nnx.Rngs(0)))

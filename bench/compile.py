@@ -3,7 +3,7 @@
   python bench/compile.py                                  # the README table (minutes)
   python bench/compile.py --layers=2,16 --seq_lens=4096 --skip_compile
 
-One train step exactly as `phd_jax.train.make_train_step` builds it (loss, gradients,
+One train step exactly as `phd_jax.train.setup` builds it (loss, gradients,
 AdamW update and the logged metrics), jitted with the train state's shardings on one
 device and lowered from abstract inputs (nothing is run). Each row: seconds to trace
 and lower to StableHLO, seconds for XLA to compile it, and the StableHLO line count (the
@@ -15,7 +15,6 @@ scanned, 16 layers lower within 1.3x of 2 layers.
 from __future__ import annotations
 
 import argparse
-import pathlib
 import time
 
 import jax
@@ -23,11 +22,11 @@ import jax
 from phd_jax import config as config_lib
 from phd_jax import sharding, state, train
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+from common import ints, load_config  # siblings in bench/
 
 
 def make_config(variant: str, num_layers: int, seq_len: int, scan_layers: bool):
-  c = config_lib.load_config(REPO_ROOT / "configs" / "tiny.py", variant)
+  c = load_config("tiny", variant)
   c.model.update(num_layers=num_layers, scan_layers=scan_layers, attention_impl="auto")
   c.update(seq_len=seq_len, batch_size=1, microbatches=1)
   c.mesh.update(data=1, fsdp=1, tensor=1)
@@ -37,15 +36,11 @@ def make_config(variant: str, num_layers: int, seq_len: int, scan_layers: bool):
 
 def lower_train_step(config):
   """The jitted train step lowered from abstract state and batch: (lowered, seconds)."""
-  mesh = sharding.make_mesh(config, jax.devices()[:1])
-  abstract = state.abstract_state(config, mesh)
-  step = train.make_train_step(config, mesh, state.graphdef(config))
-  batch = {k: jax.ShapeDtypeStruct((config.batch_size, config.seq_len), jax.numpy.int32,
-                                   sharding=sharding.batch_sharding(mesh))
-           for k in train.BATCH_KEYS}
+  training = train.setup(config, sharding.make_mesh(config, jax.devices()[:1]))
+  abstract = state.abstract_state(config, training.mesh)
   start = time.perf_counter()
-  with jax.set_mesh(mesh):
-    lowered = step.jitted.lower(abstract, batch)
+  with jax.set_mesh(training.mesh):
+    lowered = training.step.jitted.lower(abstract, training.abstract_batch())
   return lowered, time.perf_counter() - start
 
 
@@ -59,7 +54,7 @@ def main(argv=None):
                  help="skip looped rows deeper than this (they lower slowly)")
   p.add_argument("--skip_compile", action="store_true", help="trace and lower only")
   args = p.parse_args(argv)
-  layers = [int(x) for x in args.layers.split(",") if x]
+  layers = ints(args.layers)
   print(f"one train step (tiny width: d_model 128, 4 heads x 32, vocab 384), batch 1, "
         f"{jax.devices()[0].device_kind}; lower = trace + lower to StableHLO")
   ratio = f"x L={layers[0]}"
@@ -68,7 +63,7 @@ def main(argv=None):
   print(header + "\n" + "-" * len(header))
   # warm-up: the first lowering also pays for imports and JAX's own caches
   lower_train_step(make_config("Vanilla", layers[0], 64, True))
-  for seq_len in (int(x) for x in args.seq_lens.split(",") if x):
+  for seq_len in ints(args.seq_lens):
     for variant in (v for v in args.variants.split(",") if v):
       for layout in (x for x in args.layouts.split(",") if x):
         first = None

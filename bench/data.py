@@ -23,7 +23,7 @@ from phd_jax import config as config_lib
 from phd_jax import data
 from phd_jax.data import sources, train_tokenizer
 
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+from common import config_path  # a sibling in bench/
 
 
 def pipeline_tokens_per_s(config, steps: int) -> float:
@@ -39,18 +39,17 @@ def pipeline_tokens_per_s(config, steps: int) -> float:
 
 def train_step_tokens_per_s(config, steps: int) -> float:
   import jax
-  from phd_jax import sharding, state, train
-  mesh = sharding.make_mesh(config)
-  gdef, state = state.init_state(config, mesh)
-  step = train.make_train_step(config, mesh, gdef)
+  from phd_jax import train
+  training = train.setup(config)
+  state = training.init()
   it = data.make_iterator(config, process_index=0, process_count=1)
-  batches = [train.global_batch(next(it), mesh, config) for _ in range(steps + 2)]
+  batches = [training.global_batch(next(it)) for _ in range(steps + 2)]
   for batch in batches[:2]:  # compile
-    state, metrics = step(state, batch)
+    state, metrics = training.step(state, batch)
   jax.block_until_ready(metrics)
   start = time.perf_counter()
   for batch in batches[2:]:
-    state, metrics = step(state, batch)
+    state, metrics = training.step(state, batch)
   jax.block_until_ready(metrics)
   return steps * config.batch_size * config.seq_len / (time.perf_counter() - start)
 
@@ -77,7 +76,7 @@ def main():
   args = parser.parse_args()
 
   def config(source, tokenizer="byte", path=""):
-    c = config_lib.load_config(os.path.join(CONFIGS, "tiny.py"))
+    c = config_lib.load_config(config_path("tiny"))
     c.seq_len = args.seq_len or c.seq_len
     c.batch_size = args.batch_size or c.batch_size
     c.data.source, c.data.tokenizer, c.data.tokenizer_path = source, tokenizer, path

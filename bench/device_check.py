@@ -1,7 +1,7 @@
 """Accelerator verification in one command: exactness, training speed and MFU, inference.
 
-  PYTHONPATH=. python bench/device_check.py --out DIR            # GPU/TPU, <= 420 s
-  PYTHONPATH=. python bench/device_check.py --smoke --out DIR    # CPU, tiny shapes, seconds
+  python bench/device_check.py --out DIR            # GPU/TPU, <= 420 s
+  python bench/device_check.py --smoke --out DIR    # CPU, tiny shapes, seconds
 
 Parts, in order, each row written to DIR/device_check.{json,md} as soon as it is measured:
 1. exactness: the backend's fused attention (`cudnn` on CUDA GPUs, `splash` on TPU; on CPU
@@ -23,16 +23,18 @@ Parts, in order, each row written to DIR/device_check.{json,md} as soon as it is
    prompt at K = 16, PHD-SWA-16-16-inf and PHD-CSWA-16-16-32 against Vanilla (paper:
    x72.88 and x1.08).
 
-`--budget_s` (default 420) bounds the whole run, counted from the start of this script:
-each part gets a share of the time left, every row's cost is estimated from the rows
-before it (a guess for the first of a kind) and a row that would not fit is skipped and
-listed as such; timed loops stop early when the part's time runs out. Should an estimate be
-wrong, a watchdog writes the report, naming the row it cut off, and exits (status 3) when
-the budget is spent. A row that fails records its error and the run goes on.
+`--budget_s` (default 420) bounds the whole run, counted from the start of this script
+(harness.py): each part gets a share of the time left, a row that would not fit is skipped
+and listed as such, timed loops stop early when the part's time runs out, and should an
+estimate be wrong, a watchdog writes the report, naming the row it cut off, and exits
+(status 3) when the budget is spent. A row that fails records its error and the run goes
+on. Exit status: 0 all passed, 1 an exactness check or a row failed, 2 a row failed by a
+bug (an ImportError, NameError, TypeError... in the bench or the package), 3 cut off.
 
 On a machine whose image already holds jax (with its CUDA/TPU plugin), flax, optax,
 orbax-checkpoint, etils and absl (versions may differ from requirements.txt), carry only
-the pure-Python wheels of ml-collections (and PyYAML if missing):
+the pure-Python wheels of ml-collections (and PyYAML if missing), and put them and the
+repository root (in place of installing the package) on the module path:
   pip download --no-deps --only-binary=:all: -d .whl ml-collections==1.1.0   # here
   pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl          # there
   PYTHONPATH=/tmp/site:. python bench/device_check.py --out $OUT
@@ -49,29 +51,25 @@ START = time.perf_counter()  # the budget counts the imports too
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import argparse
 import functools
-import os
 import statistics
 import sys
-import threading
-import traceback
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from phd_jax import attention as attention_lib
 from phd_jax import config as config_lib
-from phd_jax import decode, flops, sharding, state, train
+from phd_jax import flops, train
 from phd_jax.attention import cudnn, splash
 from phd_jax.attention.split import XlaCausal, split_attention
 from phd_jax.attention.structured import structured_attention
 from phd_jax.masks import PHDSpec, parse_variant
-from phd_jax.model import Transformer
 
-from bench.device_report import Report, markdown
+import common  # siblings in bench/
+from device_report import Report, markdown, outcome
+from harness import Budget, RowRunner
 
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 EXACT_CASES = (("Vanilla", True), ("PHD-2", True), ("PHD-SWA-3-16-inf", True),
                ("PHD-CSWA-3-16-32", True), ("PHD-CSWA-3-16-32", False))  # (variant, packed)
 TRAIN_VARIANTS = ("Vanilla", "PHD-CSWA-2-16-32", "PHD-CSWA-3-16-32")
@@ -81,72 +79,6 @@ PRIORS = {"exact": (20, 2), "lse": (10, 1), "train": (90, 6), "decode": (20, 2),
           "prefill": (30, 2)}
 SMOKE_MODEL = dict(vocab_size=256, d_model=32, num_layers=1, num_heads=4, num_kv_heads=2,
                    head_dim=16, mlp_dim=64)
-
-
-class Budget:
-  """The run's deadline, the current part's deadline, and the cost of past rows by kind."""
-
-  def __init__(self, seconds: float, smoke: bool):
-    self.deadline = START + seconds
-    self.part_deadline = self.deadline
-    self.smoke = smoke
-    self.reserve = min(3.0, 0.05 * seconds)  # kept for writing the report
-    self.costs = {}
-
-  def left(self) -> float:
-    return min(self.part_deadline, self.deadline - self.reserve) - time.perf_counter()
-
-  def start_part(self, part: str):
-    self.part_deadline = time.perf_counter() + SHARES[part] * max(
-        self.deadline - self.reserve - time.perf_counter(), 0)
-
-  def estimate(self, kind: str, scale: float = 1.0) -> float:
-    if kind in self.costs:
-      return self.costs[kind] * scale
-    return PRIORS[kind.split()[0]][self.smoke]
-
-  def record(self, kind: str, seconds: float, scale: float = 1.0):
-    self.costs[kind] = seconds / scale
-
-
-class Runner:
-  """Runs rows within the budget: skips what would not fit, records what fails."""
-
-  def __init__(self, budget: Budget, report: Report):
-    self.budget, self.report, self.current = budget, report, None
-
-  def row(self, part: str, name: str, kind: str, fn, scale: float = 1.0):
-    estimate = self.budget.estimate(kind, scale)
-    if estimate > self.budget.left():
-      self.report.add("skipped", {"part": part, "row": name, "why": (
-          f"needs ~{estimate:.0f} s, {max(self.budget.left(), 0):.0f} s left in this part")})
-      return None
-    self.current = f"{part}: {name}"
-    start = time.perf_counter()
-    try:
-      result = fn()
-    except Exception as e:  # pylint: disable=broad-except  # report it, go on
-      traceback.print_exc()
-      self.report.add("errors", {"part": part, "row": name,
-                                 "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"})
-      result = None
-    self.budget.record(kind, time.perf_counter() - start, scale)
-    self.current = None
-    print(f"[{time.perf_counter() - START:6.1f} s] {part}: {name}", flush=True)
-    return result
-
-
-def watchdog(budget: Budget, report: Report, runner: Runner):
-  """Writes the report and ends the process when the budget is spent."""
-  def fire():
-    report.add("skipped", {"part": "all", "row": runner.current or "-",
-                           "why": "cut off: the budget ran out while it ran"})
-    report.finish("cut off at the budget")
-    os._exit(3)  # pylint: disable=protected-access  # a compile cannot be interrupted
-  timer = threading.Timer(max(budget.deadline - time.perf_counter() - 0.5, 0), fire)
-  timer.daemon = True
-  timer.start()
-  return timer
 
 
 # ----------------------------------------------------------------------------------------
@@ -234,7 +166,7 @@ def lse_row(shape: dict, kernel_name: str, kernel):
   return row
 
 
-def exactness_part(args, runner: Runner):
+def exactness_part(args, runner: RowRunner):
   kernel_name, attend, kernel = fused_kernel()
   cfg = config_lib.model_config(load_config(args, "olmo2_151m", "Vanilla"))
   shape = dict(B=2, T=args.exact_len, H=cfg.num_heads, G=cfg.num_kv_heads, D=cfg.head_dim)
@@ -255,9 +187,8 @@ def exactness_part(args, runner: Runner):
 
 def load_config(args, name: str, variant: str):
   """configs/NAME.py with synthetic data (no tokenizer, no corpus); tiny under --smoke."""
-  c = config_lib.load_config(os.path.join(CONFIGS, f"{name}.py"), variant)
-  c.data.update(source="synthetic", tokenizer="byte", prefetch=0)
-  c.update(eval_every=0, eval_tasks="", num_steps=1000)
+  c = common.load_config(name, variant)
+  c.num_steps = 1000
   c.optim.warmup_steps = 10
   if args.smoke:
     c.model.update(SMOKE_MODEL)
@@ -274,43 +205,23 @@ def random_batch(config, seed: int = 0) -> dict:
           "positions": np.asarray(positions)}
 
 
-def timed(fn, warmup: int, steps: int, budget: Budget) -> list[float]:
-  """Seconds of up to `steps` calls after `warmup` untimed ones; when the part's time runs
-  out, the warm-up is cut short and the timing stops (after at least one timed call)."""
-  seconds, calls = [], 0
-  while len(seconds) < steps:
-    begin = time.perf_counter()
-    jax.block_until_ready(fn())
-    took = time.perf_counter() - begin
-    if calls >= warmup:
-      seconds.append(took)
-    calls += 1
-    if budget.left() < 2 * took:
-      if seconds:
-        break
-      calls = max(calls, warmup)
-  return seconds
-
-
 def train_row(args, model: str, variant: str, impl: str, budget: Budget) -> dict:
   config = load_config(args, model, variant)
   config.model.attention_impl = impl
   config.update(batch_size=args.train_batch[model], seq_len=args.train_len)
   config_lib.validate(config)
-  mesh = sharding.make_mesh(config)
-  gdef, train_state = state.init_state(config, mesh)
-  step = train.make_train_step(config, mesh, gdef)
-  batch = train.global_batch(random_batch(config), mesh, config)
-  holder = {"state": train_state}
+  training = train.setup(config)
+  batch = training.global_batch(random_batch(config))
+  holder = {"state": training.init()}
 
   def one_step():
-    holder["state"], metrics = step(holder["state"], batch)
+    holder["state"], metrics = training.step(holder["state"], batch)
     return metrics
 
   begin = time.perf_counter()
   metrics = jax.block_until_ready(one_step())
   first_s = time.perf_counter() - begin
-  seconds = timed(one_step, args.warmup, args.steps, budget)
+  seconds = budget.timed(one_step, args.warmup, args.steps)
   spec, cfg = config_lib.phd_spec(config), config_lib.model_config(config)
   step_s = statistics.median(seconds)
   step_flops = config.batch_size * flops.flops_per_sequence(cfg, spec, config.seq_len)
@@ -326,7 +237,7 @@ def train_row(args, model: str, variant: str, impl: str, budget: Budget) -> dict
           "loss": float(metrics["loss"])}
 
 
-def training_part(args, runner: Runner):
+def training_part(args, runner: RowRunner):
   impls = ["auto"]
   if attention_lib.resolve("auto") != "structured":  # on CPU, auto is structured
     impls.append("structured")
@@ -350,41 +261,22 @@ def training_part(args, runner: Runner):
 # 3. Inference.
 
 
-class SharedParams:
-  """One set of random parameters, viewed as a model of any variant (K adds no weights)."""
-
-  def __init__(self, config):
-    self.cfg = config_lib.model_config(config)
-    self.state = nnx.state(Transformer(self.cfg, PHDSpec(), rngs=nnx.Rngs(0)))
-
-  def decoder(self, spec: PHDSpec) -> decode.Decoder:
-    shape = nnx.eval_shape(lambda: Transformer(self.cfg, spec, rngs=nnx.Rngs(0)))
-    return decode.Decoder(nnx.merge(nnx.graphdef(shape), self.state))
-
-
-def decode_ms(params: SharedParams, spec: PHDSpec, args, budget: Budget) -> float:
+def decode_ms(params: common.SharedParams, spec: PHDSpec, args, budget: Budget) -> float:
   """Median ms of one decoding step at batch 1 with `args.context` tokens cached."""
-  decoder = params.decoder(spec)
-  cache = decode.init_cache(params.cfg, spec, 1, args.context + args.steps * 2 + 4)
-  holder = {"cache": cache.replace(length=jnp.int32(args.context))}  # values do not matter
-  token = jnp.ones((1,), jnp.int32)
-
-  def one_step():
-    logits, holder["cache"] = decoder.step(holder["cache"], token)
-    return logits
-  return 1e3 * statistics.median(timed(one_step, 1, 2 * args.steps, budget))
+  step = common.decode_step(params, spec, 1, args.context, 1 + 2 * args.steps)
+  return 1e3 * statistics.median(budget.timed(step, 1, 2 * args.steps))
 
 
-def prefill_ms(params: SharedParams, spec: PHDSpec, args, budget: Budget) -> float:
+def prefill_ms(params: common.SharedParams, spec: PHDSpec, args, budget: Budget) -> float:
   """Fastest ms of prefilling one `args.context`-token prompt (after a compiling call)."""
   decoder = params.decoder(spec)
   prompt = np.random.default_rng(0).integers(3, params.cfg.vocab_size, args.context).tolist()
-  return 1e3 * min(timed(lambda: decoder.prefill([prompt])[0], 1, args.steps, budget))
+  return 1e3 * min(budget.timed(lambda: decoder.prefill([prompt])[0], 1, args.steps))
 
 
-def inference_part(args, runner: Runner):
+def inference_part(args, runner: RowRunner):
   config = load_config(args, args.inference_model, "Vanilla")
-  params = SharedParams(config)
+  params = common.SharedParams(config)
   vanilla = {}
   specs = [("Vanilla", PHDSpec())]
   for kind in ("CSWA", "PHD"):
@@ -451,21 +343,21 @@ def main(argv=None) -> int:
           "date": time.strftime("%Y-%m-%d %H:%M"), "jax": jax.__version__,
           "flax": flax.__version__, "auto": attention_lib.resolve("auto"),
           "budget_s": args.budget_s, "smoke": args.smoke, "argv": sys.argv[1:]}
-  budget = Budget(args.budget_s, args.smoke)
+  budget = Budget(args.budget_s, START, {kind: p[args.smoke] for kind, p in PRIORS.items()})
   report = Report(args.out, meta, START)
-  runner = Runner(budget, report)
-  timer = watchdog(budget, report, runner)
+  runner = RowRunner(budget, report, START)
+  timer = runner.start_watchdog()
   parts = {"exactness": exactness_part, "training": training_part,
            "inference": inference_part}
   for name in SHARES:
     if name in args.parts:
-      budget.start_part(name)
+      budget.start_part(SHARES[name])
       parts[name](args, runner)
   timer.cancel()
-  failed = [r for r in report.data["exactness"] + report.data["lse"] if not r["ok"]]
-  report.finish("done" + (f", {len(failed)} exactness checks FAILED" if failed else ""))
+  status, code = outcome(report.data)
+  report.finish(status)
   print(markdown(report.data))
-  return 1 if failed or report.data["errors"] else 0
+  return code
 
 
 if __name__ == "__main__":

@@ -38,6 +38,18 @@ class Report:
         os.replace(path + ".tmp", path)
 
 
+def outcome(data: dict) -> tuple[str, int]:
+  """The finished run's status line and exit status: 0 all passed, 1 an exactness check
+  failed or a row failed, 2 a row raised an error that marks a bug (harness.BUG_ERRORS)."""
+  failed = [r for r in data["exactness"] + data["lse"] if not r["ok"]]
+  bugs = [r for r in data["errors"] if r["bug"]]
+  notes = [f"exactness checks FAILED: {len(failed)}" if failed else "",
+           f"rows failed: {len(data['errors'])}" if data["errors"] else "",
+           f"by a bug: {len(bugs)}" if bugs else ""]
+  return "; ".join(["done"] + [n for n in notes if n]), (2 if bugs else
+                                                         1 if failed or data["errors"] else 0)
+
+
 def markdown(data: dict) -> str:
   m = data["meta"]
   lines = [f"# Device check: {m['device']}", "",
@@ -83,5 +95,6 @@ def markdown(data: dict) -> str:
   table("Skipped", [("part", lambda r: r["part"]), ("row", lambda r: r["row"]),
                     ("why", lambda r: r["why"])], data["skipped"])
   table("Errors", [("part", lambda r: r["part"]), ("row", lambda r: r["row"]),
+                   ("bug", lambda r: "yes" if r["bug"] else "-"),
                    ("error", lambda r: r["error"])], data["errors"])
   return "\n".join(lines)

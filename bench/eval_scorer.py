@@ -20,15 +20,17 @@ import numpy as np
 
 from phd_jax import config as config_lib
 from phd_jax import data, state
-from phd_jax.eval import packing, suite
+from phd_jax.eval import batching, suite
 from phd_jax.eval.scorer import Scorer, encode_pair
 from phd_jax.eval.tasks import TASKS, load_task
 
+from common import config_path  # a sibling in bench/
 
-def one_per_row(requests, seq_len: int) -> packing.Plan:
+
+def one_per_row(requests, seq_len: int) -> batching.Plan:
   """The unpacked layout: every request (each window of a long one) alone in its own
   right-padded row."""
-  rows = [(i, w) for i, (c, x) in enumerate(requests) for w in packing.windows(c, x, seq_len)]
+  rows = [(i, w) for i, (c, x) in enumerate(requests) for w in batching.windows(c, x, seq_len)]
   shape = (len(rows), seq_len)
   tokens, segment_ids, positions = (np.zeros(shape, np.int32) for _ in range(3))
   query_pos, query_tok = np.full(shape, -1, np.int32), np.zeros(shape, np.int32)
@@ -39,11 +41,11 @@ def one_per_row(requests, seq_len: int) -> packing.Plan:
     query_pos[row, :scored] = np.arange(len(inp) - scored, len(inp))
     query_tok[row, :scored] = targets[len(inp) - scored:]
     request_queries[i] += (row * seq_len + np.arange(scored)).tolist()
-  return packing.Plan(tokens, segment_ids, positions, query_pos, query_tok,
+  return batching.Plan(tokens, segment_ids, positions, query_pos, query_tok,
                       [np.array(q, np.int64) for q in request_queries])
 
 
-def run_plan(scorer: Scorer, plan: packing.Plan) -> list[float]:
+def run_plan(scorer: Scorer, plan: batching.Plan) -> list[float]:
   B, T = scorer.batch_size, scorer.seq_len
   num_batches = math.ceil(plan.num_rows / B)
   pad = num_batches * B - plan.num_rows
@@ -65,7 +67,7 @@ def timed(fn):
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--config", default="configs/tiny.py")
+  p.add_argument("--config", default=config_path("tiny"))
   p.add_argument("--variant", default="Vanilla")
   p.add_argument("--checkpoint", help="score with these parameters (and their config)")
   p.add_argument("--data_dir", default=suite.DEFAULT_DATA_DIR)
@@ -92,7 +94,7 @@ def main(argv=None):
   for name in args.tasks.split(","):
     examples = load_task(args.data_dir, name, args.limit)
     requests = [encode_pair(tokenizer, c, x) for e in examples for c, x in e.requests()]
-    packed_plan = packing.plan(requests, scorer.seq_len)
+    packed_plan = batching.plan(requests, scorer.seq_len)
     unpacked_plan = one_per_row(requests, scorer.seq_len)
     packed_s, packed = timed(lambda: run_plan(scorer, packed_plan))
     unpacked_s, unpacked = timed(lambda: run_plan(scorer, unpacked_plan))

@@ -32,7 +32,8 @@ import numpy as np
 from phd_jax import config as config_lib
 from phd_jax.hf import mapping, weights
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from common import REPO_ROOT, config_path  # siblings in bench/
+
 GIB = 2**30
 
 
@@ -85,7 +86,7 @@ def run(step: str) -> dict:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--config", default=os.path.join(REPO_ROOT, "configs", "olmo2_1b.py"))
+  parser.add_argument("--config", default=config_path("olmo2_1b"))
   parser.add_argument("--shard_gib", type=float, default=1.0)
   parser.add_argument("--dir", default=None, help="work folder (default: a temporary one)")
   args = parser.parse_args()

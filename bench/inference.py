@@ -7,9 +7,9 @@
 
 prefill  one --prompt_len prompt with PHD-K, PHD-SWA-K-16-∞ (the exact truncated prefill,
          and the paper's, which runs every prompt token's copies) and PHD-CSWA-K-16-32:
-         time ratio to Vanilla, measured interleaved, FLOP ratio (`prefill_flops`: the
-         work each must do) and how many trailing tokens' hidden copies run. The paper (Fig. 9a, K = 16, 2048 tokens): SWA x72.88,
-         CSWA x1.08.
+         time ratio to Vanilla, measured interleaved, FLOP ratio (`flops.prefill_flops`:
+         the work each must do) and how many trailing tokens' hidden copies run. The paper
+         (Fig. 9a, K = 16, 2048 tokens): SWA x72.88, CSWA x1.08.
 decode   ms per token at batch 1 and tokens/s at batches 8 and 32 with --context tokens
          cached, for PHD-K and PHD-CSWA-K-16-32, as ratios to Vanilla (the paper's Fig. 9b,
          550M on an A100: at most ~1.2x up to K = 256, a memory-bound step reading the same
@@ -25,22 +25,19 @@ interleaved with those of the Vanilla it is compared to.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from phd_jax import attention as attention_lib
 from phd_jax import config as config_lib
-from phd_jax import decode
+from phd_jax import decode, flops
 from phd_jax.decode import engine
-from phd_jax.masks import PHDSpec, visible
-from phd_jax.model import Transformer
+from phd_jax.masks import PHDSpec
 
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+import common  # a sibling in bench/
+from common import SharedParams, ints
 
 WINDOW, CHUNK = 16, 32  # the paper's PHD-CSWA-K-16-32 and PHD-SWA-K-16-∞
 NAMES = {"PHD": "PHD-K", "SWA": f"PHD-SWA-K-{WINDOW}-∞", "SWA-full": "SWA, paper's prefill",
@@ -48,10 +45,9 @@ NAMES = {"PHD": "PHD-K", "SWA": f"PHD-SWA-K-{WINDOW}-∞", "SWA-full": "SWA, pap
 
 
 def load_config(name: str, dtype: str, variant: str = "Vanilla"):
-  """configs/NAME.py with random parameters: synthetic data, so no tokenizer is needed."""
-  config = config_lib.load_config(os.path.join(CONFIGS, f"{name}.py"), variant)
+  """configs/NAME.py in `dtype`, on synthetic data (no tokenizer needed)."""
+  config = common.load_config(name, variant)
   config.model.dtype = dtype
-  config.data.update(source="synthetic", tokenizer="byte")
   config_lib.validate(config, training=False)
   return config
 
@@ -64,56 +60,9 @@ def variant(kind: str, k: int) -> PHDSpec:
           "CSWA": PHDSpec(k=k, window=WINDOW, chunk=CHUNK)}[kind]
 
 
-class SharedParams:
-  """One set of random parameters, viewed as a model of any variant (K adds no weights)."""
-
-  def __init__(self, config):
-    self.cfg = config_lib.model_config(config)
-    model = Transformer(self.cfg, PHDSpec(), rngs=nnx.Rngs(0))
-    self.state = nnx.state(model)
-    self.count = sum(x.size for x in jax.tree.leaves(self.state))
-
-  def decoder(self, spec: PHDSpec) -> decode.Decoder:
-    shape = nnx.eval_shape(lambda: Transformer(self.cfg, spec, rngs=nnx.Rngs(0)))
-    return decode.Decoder(nnx.merge(nnx.graphdef(shape), self.state), prompt_buckets=None)
-
-
 def fastest_ms(runs: dict, repeats: int) -> dict:
-  """ms of the fastest of `repeats` calls of each run, after a compiling call of each.
-
-  Calls are interleaved (run 1, run 2, ..., run 1, ...) so that every run meets the same
-  load from other processes, and the fastest call is the least disturbed one.
-  """
-  for run in runs.values():
-    jax.block_until_ready(run())
-  best = {name: float("inf") for name in runs}
-  for _ in range(repeats):
-    for name, run in runs.items():
-      start = time.perf_counter()
-      jax.block_until_ready(run())
-      best[name] = min(best[name], 1000 * (time.perf_counter() - start))
-  return best
-
-
-def prefill_flops(cfg, spec: PHDSpec, prompt_len: int, hidden_tokens: int) -> float:
-  """Forward FLOPs a prefill must spend: every block on the T originals and on the K-1
-  hidden copies of the last `hidden_tokens` tokens, attention over the (query, key) pairs
-  the mask allows among those rows, the output layer on the last token only."""
-  block = cfg.d_model * cfg.head_dim * (2 * cfg.num_heads + 2 * cfg.num_kv_heads) \
-      + 3 * cfg.d_model * cfg.mlp_dim
-  rows = prompt_len + hidden_tokens * (spec.k - 1)
-  pairs = prompt_len * (prompt_len + 1) // 2  # the originals, causal
-  if spec.k > 1:  # hidden queries against the computed keys they may see, in row blocks
-    first = prompt_len - hidden_tokens
-    q_pos = np.repeat(np.arange(first, prompt_len), spec.k - 1)
-    q_copy = np.tile(np.arange(1, spec.k), hidden_tokens)
-    k_pos = np.concatenate([np.arange(prompt_len), q_pos])[None]
-    k_copy = np.concatenate([np.zeros(prompt_len, int), q_copy])[None]
-    for lo in range(0, len(q_pos), 512):
-      pairs += int(visible(spec, q_pos[lo:lo + 512, None], q_copy[lo:lo + 512, None], k_pos,
-                           k_copy).sum())
-  return 2.0 * cfg.num_layers * (block * rows + 2 * cfg.num_heads * cfg.head_dim * pairs) \
-      + 2.0 * cfg.d_model * cfg.vocab_size
+  """ms of the fastest of `repeats` calls of each run, taken in turns: the least disturbed."""
+  return {name: 1e3 * min(s) for name, s in common.seconds_in_turns(runs, repeats).items()}
 
 
 def prefill_table(params: SharedParams, ks: list[int], prompt_len: int, repeats: int) -> None:
@@ -123,39 +72,26 @@ def prefill_table(params: SharedParams, ks: list[int], prompt_len: int, repeats:
   kinds = ("PHD", "SWA", "SWA-full", "CSWA")
   print(f"{'K':>3} | {'Vanilla':>9} | " + " | ".join(f"{NAMES[kind]:>26}" for kind in kinds))
   for k in ks:
-    runs, flops, hidden = {}, {}, {}
+    runs, work, hidden = {}, {}, {}
     for kind in ("Vanilla",) + kinds:
       spec = variant(kind, 1 if kind == "Vanilla" else k)
-      decoder = params.decoder(spec)
+      decoder = params.decoder(spec, prompt_buckets=None)
       laid, n = decoder.layout([prompt])
       if kind == "SWA-full":  # every prompt token's copies, as the paper computes them
         n = prompt_len
       runs[kind] = (lambda d=decoder, n=n, laid=laid: engine._prefill_jit(
           d.graphdef, d.state, None, laid.first_slot_B, laid.cache_len, n, laid.tokens_BT)[0])
-      flops[kind], hidden[kind] = prefill_flops(params.cfg, spec, prompt_len, n), n
+      work[kind], hidden[kind] = flops.prefill_flops(params.cfg, spec, prompt_len, n), n
     # the paper's SWA prefill is long: timed against its own Vanilla, fewer times
     full = {"Vanilla": runs["Vanilla"], "SWA-full": runs.pop("SWA-full")}
     ms = fastest_ms(runs, repeats)
     ratio, vanilla_ms = {kind: ms[kind] / ms["Vanilla"] for kind in ms}, ms["Vanilla"]
     ms = fastest_ms(full, max(1, repeats // 5))
     ratio["SWA-full"] = ms["SWA-full"] / ms["Vanilla"]
-    cells = [f"x{ratio[kind]:>5.2f} (FLOP x{flops[kind] / flops['Vanilla']:>5.2f}"
+    cells = [f"x{ratio[kind]:>5.2f} (FLOP x{work[kind] / work['Vanilla']:>5.2f}"
              f", {hidden[kind]:>4})" for kind in kinds]
     print(f"{k:>3} | {vanilla_ms:>6.0f} ms | " + " | ".join(f"{c:>26}" for c in cells),
           flush=True)
-
-
-def decode_run(params: SharedParams, spec: PHDSpec, batch: int, context: int, steps: int):
-  """One decoding step per call, `batch` rows with `context` tokens cached."""
-  decoder = params.decoder(spec)
-  cache = decode.init_cache(params.cfg, spec, batch, context + steps + 2)
-  state = {"cache": cache.replace(length=jnp.int32(context))}  # cached values do not matter
-  token_B = np.ones((batch,), np.int32)
-
-  def run():
-    logits_BV, state["cache"] = decoder.step(state["cache"], token_B)
-    return logits_BV
-  return run
 
 
 def decode_table(params: SharedParams, ks: list[int], batches: list[int], context: int,
@@ -165,8 +101,8 @@ def decode_table(params: SharedParams, ks: list[int], batches: list[int], contex
   for k in ks:
     row = {kind: [] for kind in ("Vanilla", "PHD", "CSWA")}
     for batch in batches:
-      runs = {kind: decode_run(params, variant(kind, 1 if kind == "Vanilla" else k), batch,
-                               context, steps)
+      runs = {kind: common.decode_step(params, variant(kind, 1 if kind == "Vanilla" else k),
+                                       batch, context, steps + 1)
               for kind in row if kind == "Vanilla" or k > 1}
       ms = fastest_ms(runs, steps)
       for kind in runs:
@@ -192,8 +128,7 @@ def compile_table(params: SharedParams, prompts: int, max_len: int) -> None:
 
   engine.prefill = counted
   spec = variant("CSWA", 4)
-  shape = nnx.eval_shape(lambda: Transformer(params.cfg, spec, rngs=nnx.Rngs(0)))
-  decoder = decode.Decoder(nnx.merge(nnx.graphdef(shape), params.state))
+  decoder = params.decoder(spec)
   start = time.perf_counter()
   for n in lengths:
     jax.block_until_ready(decoder.prefill([[5] * int(n)], max_new_tokens=64)[0])
@@ -219,10 +154,6 @@ def cache_table(config_name: str, dtype: str, seq_len: int) -> None:
     vanilla_bytes = vanilla_bytes or got["total"]
     print(f"{got['variant']:<22} | {unit:<9} | {got['originals'] / 2**20:>13.2f} | "
           f"{got['hidden_window'] / 2**10:>17.1f} | {got['total'] / vanilla_bytes:>15.4f}")
-
-
-def ints(text: str) -> list[int]:
-  return [int(t) for t in text.split(",")]
 
 
 def main() -> None:

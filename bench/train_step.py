@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import jax
 
 from phd_jax import config as config_lib
-from phd_jax import data, defaults, flops, sharding, state, train
+from phd_jax import data, defaults, flops, train
+
+from common import ints, seconds_in_turns  # a sibling in bench/
 
 
 def make_config(args, variant: str, seq_len: int):
@@ -42,33 +43,24 @@ def make_config(args, variant: str, seq_len: int):
   return c
 
 
-class Runner:
-  """One variant's compiled train step, state and fixed batch."""
+class RepeatedStep:
+  """One variant's train step on a fixed batch: each call takes a step from the last state."""
 
   def __init__(self, config):
-    mesh = sharding.make_mesh(config)
-    sharding.check_batch(config, mesh)
-    gdef, self.state = state.init_state(config, mesh)
-    self.train_step = train.make_train_step(config, mesh, gdef)
-    self.batch = train.global_batch(next(data.make_iterator(config)), mesh, config)
-    self.seconds = []
-    self.step()  # compiles
-    self.seconds.clear()
+    self.training = train.setup(config)
+    self.state = self.training.init()
+    self.batch = self.training.global_batch(next(data.make_iterator(config)))
 
-  def step(self):
-    start = time.perf_counter()
-    self.state, _ = jax.block_until_ready(self.train_step(self.state, self.batch))
-    self.seconds.append(time.perf_counter() - start)
+  def __call__(self):
+    self.state, metrics = self.training.step(self.state, self.batch)
+    return self.state, metrics  # both: timing waits for the update too
 
 
 def step_seconds(configs, steps: int) -> list[float]:
   """Median step time of each config, the steps taken in turns (one step of each config
-  per round), so that a change in machine load weighs on every config alike."""
-  runners = [Runner(c) for c in configs]
-  for _ in range(steps):
-    for runner in runners:
-      runner.step()
-  return [statistics.median(r.seconds) for r in runners]
+  per round)."""
+  seconds = seconds_in_turns({i: RepeatedStep(c) for i, c in enumerate(configs)}, steps)
+  return [statistics.median(seconds[i]) for i in range(len(configs))]
 
 
 def main(argv=None):
@@ -103,7 +95,7 @@ def main(argv=None):
   header = (f"{'T':>5} {'variant':<18} {'K':>2} {'step ms':>9} {'tokens/s':>10} "
             f"{'copies/s':>10} {'x van':>6} {'/ K van':>7} {'TFLOP/s':>8} {'MFU':>6}")
   print(header + "\n" + "-" * len(header))
-  for seq_len in (int(t) for t in args.seq_lens.split(",") if t):
+  for seq_len in ints(args.seq_lens):
     configs = [make_config(args, variant, seq_len) for variant in variants]
     times = step_seconds(configs, args.steps)
     vanilla = times[0]

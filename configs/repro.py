@@ -9,6 +9,20 @@ about 6.5 tokens per parameter. The paper's W = 16, C = 32 at 4096-token sequenc
 scale to W < 1 at 128 tokens; we keep its 1:2 window:chunk ratio with W = 4, C = 8 (16
 chunks per sequence) -- the window the paper's ablation finds carries most of the gain.
 "Vanilla@num_steps=1200" is the compute-matched baseline: the training FLOPs of K = 3.
+
+When does PHD pay? (c) The inference frontier: PHD-CSWA-3's training FLOPs spent on a
+bigger Vanilla instead, on the same 1.64M tokens: deeper (12 layers, 0.64M parameters),
+wider (width 112, 4 heads of 28, MLP 336; 0.69M) and both (8 layers of width 80, 4 heads
+of 20, MLP 240; 0.68M), each within 2.1% of PHD-CSWA-3's 7.06 training TFLOPs.
+`compare` sets held-out loss against inference memory at a 2048-token context and against
+decode FLOPs per token: PHD keeps the small model's parameters and KV cache.
+
+  python -m phd_jax.sweep --config=configs/repro.py --workdir=DIR --seeds=0,1 \
+      --variants=Vanilla,PHD-CSWA-3-4-8,Vanilla@model.num_layers=12,\
+Vanilla@model.d_model=112@model.head_dim=28@model.mlp_dim=336,\
+Vanilla@model.num_layers=8@model.d_model=80@model.head_dim=20@model.mlp_dim=240
+  python -m phd_jax.compare DIR --output_dir=docs --name=frontier \
+      --x=train_flops,inference_memory,decode_flops
 """
 
 from phd_jax import defaults

@@ -6,15 +6,16 @@ A step folder `workdir/checkpoints/<step>/` holds, written together by one Orbax
   data/         the data iterator state, one JSON file per process
   config/       the resolved config (config.json)
   meta/         step, variant, tokenizer reference, package versions (meta.json)
-  integrity.json  the size of every file above, recorded just before the commit
+  integrity.json  the size and CRC-32 of every file above, recorded just before the commit
 Orbax writes into `<step>.orbax-checkpoint-tmp` and renames it to `<step>` after writing
 `commit_success.txt` (on GCS the marker alone commits). A folder counts as a checkpoint
 only with that marker and every file at its recorded size, so saves killed midway and
 truncated copies are skipped with a warning, never deleted; restoring one explicitly
-raises a `DamagedCheckpoint` (a ValueError) naming it. Sizes, not contents: reading a whole
-checkpoint back to hash it would cost as much as the save, so same-size damage inside the
-files is found only when a restore fails to read them; that also raises `DamagedCheckpoint`,
-and the trainer sets such a step aside (`set_aside`) and resumes from the previous one.
+raises a `DamagedCheckpoint` (a ValueError) naming it. Before a step is read, the files
+read are compared with their recorded checksums (`checkpoint_integrity`: flipped bits,
+same-size garbage), and a restore that fails to read raises `DamagedCheckpoint` too; the
+trainer sets such a step aside (`set_aside`) and resumes from the previous one, and
+`newest_readable` gives readers (evaluation) the same fallback without renaming anything.
 An export (`export_params`) is the same layout with only params, config and meta.
 
 Layer layouts: parameters are saved as the model holds them, stacked (`model.scan_layers`,
@@ -42,16 +43,14 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from phd_jax import checkpoint_integrity as integrity
 from phd_jax import config as config_lib
 from phd_jax import model as model_lib
+from phd_jax.checkpoint_integrity import DamagedCheckpoint, folder_problem
 
 PARAMS, TRAIN_STATE, DATA, CONFIG, META = "params", "train_state", "data", "config", "meta"
-INTEGRITY_FILE = "integrity.json"
-COMMIT_FILE = ocp.path.atomicity_types.COMMIT_SUCCESS_FILE
 TMP_SUFFIX = ocp.path.atomicity_types.TMP_DIR_SUFFIX
 CORRUPT_SUFFIX = ".corrupt"
-# Written by the commit itself, after the sizes are recorded.
-_UNRECORDED = {COMMIT_FILE, "_CHECKPOINT_METADATA", INTEGRITY_FILE}
 _VERSIONED_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "grain",
                        "phd_jax")
 
@@ -62,54 +61,7 @@ def _path(path) -> epath.Path:
 
 
 # ---------------------------------------------------------------------------------------------
-# Integrity: what makes a folder a complete, readable checkpoint.
-
-
-def _files(root: epath.Path):
-  for path in root.iterdir():
-    if path.is_dir():
-      yield from _files(path)
-    else:
-      yield path
-
-
-def _size(path: epath.Path) -> int:
-  stat = path.stat()  # os.stat_result locally, epath's StatResult on cloud storage
-  return stat.st_size if hasattr(stat, "st_size") else stat.length
-
-
-def _record_sizes(final_dir: epath.Path) -> None:
-  """Write integrity.json into the not yet committed folder of `final_dir`.
-
-  Runs as Orbax's post-finalization callback: on the primary process, after every
-  process has written its files and before the commit marker and rename.
-  """
-  tmp_cls = ocp.path.atomicity_defaults.get_default_temporary_path_class(final_dir)
-  tmp_dir = tmp_cls.from_final(final_dir).get()
-  sizes = {str(p.relative_to(tmp_dir)): _size(p) for p in _files(tmp_dir)
-           if p.name not in _UNRECORDED}
-  (tmp_dir / INTEGRITY_FILE).write_text(json.dumps({"files": sizes}, sort_keys=True))
-
-
-def folder_problem(folder: epath.Path) -> str | None:
-  """Why `folder` is not a complete, readable checkpoint, or None when it is."""
-  if not folder.is_dir():
-    return "not a directory"
-  if not (folder / COMMIT_FILE).exists():
-    return f"no {COMMIT_FILE}: the save never finished"
-  try:
-    sizes = json.loads((folder / INTEGRITY_FILE).read_text())["files"]
-  except FileNotFoundError:
-    return f"no {INTEGRITY_FILE}: not written by phd_jax or damaged"
-  except (ValueError, KeyError, TypeError):
-    return f"{INTEGRITY_FILE} is damaged"
-  for relative, size in sorted(sizes.items()):
-    path = folder / relative
-    if not path.exists():
-      return f"{relative} is missing"
-    if (actual := _size(path)) != size:
-      return f"{relative} has {actual} bytes, {size} were written"
-  return None
+# Step folders.
 
 
 def _step_folders(directory: epath.Path) -> dict[int, epath.Path]:
@@ -127,16 +79,28 @@ def _describe_missing(directory: epath.Path, step: int) -> str:
   return f"no such step; step folders there: {steps or 'none'}"
 
 
-def _newest_complete(folders: dict[int, epath.Path], warned: set[str]) -> int | None:
-  """The newest step whose folder passes `folder_problem`; warns once per bad folder."""
+def _complete_steps(folders: dict[int, epath.Path], warned: set[str]):
+  """The steps whose folders pass `folder_problem`, newest first (lazily); warns once per
+  bad folder."""
   for step in sorted(folders, reverse=True):
     problem = folder_problem(folders[step])
     if problem is None:
-      return step
-    if str(folders[step]) not in warned:
+      yield step
+    elif str(folders[step]) not in warned:
       warned.add(str(folders[step]))
       logging.warning("Skipping incomplete or corrupted checkpoint %s: %s.", folders[step],
                       problem)
+
+
+def newest_readable(folders, read, on_damaged):
+  """(folder, read(folder)) of the first of `folders` (newest first) that reads back whole,
+  or None. Each that raises DamagedCheckpoint goes to `on_damaged(folder, error)` first:
+  the trainer sets it aside there, a reader only says so."""
+  for folder in folders:
+    try:
+      return folder, read(folder)
+    except DamagedCheckpoint as e:
+      on_damaged(folder, e)
   return None
 
 
@@ -193,38 +157,39 @@ def _config_items(config, step: int | None) -> dict:
           META: ocp.args.JsonSave(meta)}
 
 
-class DamagedCheckpoint(ValueError):
-  """A step folder that is incomplete or whose files cannot be read back."""
+# Orbax runs a save or restore as many futures and raises the first failure through its API,
+# which is reported once (DamagedCheckpoint, or main's one line on a full disk). The others
+# finish later, unobserved: TensorStore's callbacks then find the event loop closed (bare
+# tracebacks, through sys.unraisablehook) and asyncio reports each failed future at exit
+# ("Future exception was never retrieved").
+_ABANDONED_IO = ("Event loop is closed", "exception was never retrieved",
+                 "Encountered error while reading array")
 
 
-_ABANDONED_READ_ERRORS = ("Encountered error while reading array", "Event loop is closed")
-
-
-class _DropAbandonedReads(logging_lib.Filter):
+class _DropAbandonedIO(logging_lib.Filter):
   def filter(self, record):
     text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
-    return not any(e in text for e in _ABANDONED_READ_ERRORS)
+    return not any(e in text for e in _ABANDONED_IO)
 
 
-def _silence_abandoned_reads() -> None:
-  """After a failed restore, Orbax's other reads of the damaged step still finish, each
-  then printing a traceback (unraisable coroutine errors, asyncio's "Task exception was
-  never retrieved"). The failure is reported once, as DamagedCheckpoint; drop those."""
+def _quiet_abandoned_io() -> None:
+  """Drop the reports of Orbax's abandoned futures (`_ABANDONED_IO`); call before a save or
+  restore starts, as they may come before its failure reaches the caller."""
   previous = sys.unraisablehook
-  if getattr(previous, "phd_jax_abandoned_reads", False):
+  if getattr(previous, "phd_jax_abandoned_io", False):
     return
 
   def hook(unraisable):
-    if not any(e in str(unraisable.exc_value) for e in _ABANDONED_READ_ERRORS):
+    if not any(e in str(unraisable.exc_value) for e in _ABANDONED_IO):
       previous(unraisable)
 
-  hook.phd_jax_abandoned_reads = True
+  hook.phd_jax_abandoned_io = True
   sys.unraisablehook = hook
-  logging_lib.getLogger("asyncio").addFilter(_DropAbandonedReads())
+  logging_lib.getLogger("asyncio").addFilter(_DropAbandonedIO())
 
 
 def _restore_error(folder, error: Exception) -> DamagedCheckpoint:
-  _silence_abandoned_reads()
+  _quiet_abandoned_io()  # also after reads that started none (the params' metadata)
   first_line = str(error).split("See full TensorStore details")[0].splitlines()[0][:300]
   return DamagedCheckpoint(f"could not restore checkpoint {folder}: {type(error).__name__}: "
                            f"{first_line.strip()}")
@@ -294,8 +259,10 @@ class Checkpointer:
     self.directory = _path(workdir) / "checkpoints"
     self._config = config
     self._async = config.checkpoint.async_save
+    self._checksums = config.checkpoint.checksums
     self._warned: set[str] = set()
     self._saving_step = None
+    _quiet_abandoned_io()
     self._set_aside_broken()
     every = config.checkpoint.every
     keep = [ocp.checkpoint_managers.LatestN(n=config.checkpoint.keep)]
@@ -306,15 +273,16 @@ class Checkpointer:
         save_decision_policy=ocp.checkpoint_managers.AnySavePolicy(
             [ocp.checkpoint_managers.FixedIntervalPolicy(every)] if every else []),
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(keep),
-        # Always the async checkpointer: its commit hook records the file sizes.
+        # Always the async checkpointer: its commit hook, in the background, records the
+        # files' sizes and checksums.
         enable_async_checkpointing=True,
-        async_options=ocp.options.AsyncOptions(post_finalization_callback=self._record_sizes),
+        async_options=ocp.options.AsyncOptions(post_finalization_callback=self._record),
     )
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           handler_registry=_handler_registry())
 
-  def _record_sizes(self):
-    _record_sizes(self.directory / str(self._saving_step))
+  def _record(self):
+    integrity.record(self.directory / str(self._saving_step), self._checksums)
 
   def _set_aside_broken(self):
     for unfinished in self.directory.glob(f"*{TMP_SUFFIX}*"):
@@ -351,8 +319,9 @@ class Checkpointer:
     return sorted(p.name for p in self.directory.glob(f"*{CORRUPT_SUFFIX}*"))
 
   def saved_config(self, step: int) -> ml_collections.ConfigDict:
-    """The config saved with `step`; DamagedCheckpoint if it cannot be read."""
+    """The config saved with `step`; DamagedCheckpoint if it cannot be read as written."""
     folder = self.directory / str(step)
+    integrity.check(folder, (CONFIG,), self._checksums)
     try:
       return ml_collections.ConfigDict(json.loads((folder / CONFIG / "config.json").read_text()))
     except (OSError, ValueError) as e:
@@ -361,8 +330,8 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     """The newest complete, readable step (None if there is none); saves in flight wait."""
     self._manager.wait_until_finished()
-    return _newest_complete({s: self.directory / str(s) for s in self._manager.all_steps()},
-                            self._warned)
+    folders = {s: self.directory / str(s) for s in self._manager.all_steps()}
+    return next(_complete_steps(folders, self._warned), None)
 
   def save(self, step: int, state, data_state: dict, force: bool = False) -> bool:
     """Start saving `state` at `step` if due (every N steps) or `force`; True if started.
@@ -384,7 +353,7 @@ class Checkpointer:
            TRAIN_STATE: ocp.args.StandardSave(state.replace(params=None)),
            DATA: ocp.args.JsonSave(data_state)},
         **_config_items(self._config, step))
-    self._manager.wait_until_finished()  # the size hook reads _saving_step
+    self._manager.wait_until_finished()  # the commit hook reads _saving_step
     self._saving_step = step
     saved = self._manager.save(step, args=args, force=True)
     if not self._async:
@@ -403,8 +372,7 @@ class Checkpointer:
     folder = self.directory / str(step)
     if not folder.exists():
       raise ValueError(f"no checkpoint {folder}: {_describe_missing(self.directory, step)}")
-    if problem := folder_problem(folder):
-      raise DamagedCheckpoint(f"checkpoint {folder} is incomplete or corrupted: {problem}")
+    integrity.check(folder, checksums=self._checksums)  # the whole step, meta included
     _check_data_file(folder)
 
     def restore(target):
@@ -447,27 +415,38 @@ def _check_data_file(folder: epath.Path) -> None:
 # Params only: warm starts, exports, configs of saved runs.
 
 
-def resolve(path) -> epath.Path:
-  """The complete checkpoint folder `path` names: a step folder or export itself, else the
-  newest complete step of a checkpoints directory or of a workdir's `checkpoints/`."""
+def complete_folders(path):
+  """The complete checkpoint folders `path` names, newest first (lazily): a step folder or
+  export itself, else the complete steps of a checkpoints directory or of a workdir's
+  `checkpoints/`. ValueError when there is none."""
   path = _path(path)
   if not path.exists():
     raise ValueError(f"checkpoint path {path} does not exist")
   if (path / PARAMS).exists():
     if problem := folder_problem(path):
       raise DamagedCheckpoint(f"checkpoint {path} is incomplete or corrupted: {problem}")
-    return path
+    yield path
+    return
   directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
   folders = _step_folders(directory)
-  step = _newest_complete(folders, set())
-  if step is None:
+  found = False
+  for step in _complete_steps(folders, set()):
+    found = True
+    yield folders[step]
+  if not found:
     raise ValueError(f"{path} holds no complete checkpoint (expected a workdir, its "
                      f"checkpoints/ directory, a step folder or an export; step folders "
                      f"found: {sorted(folders) or 'none'})")
-  return folders[step]
+
+
+def resolve(path) -> epath.Path:
+  """The complete checkpoint folder `path` names: a step folder or export itself, else the
+  newest complete step of a checkpoints directory or of a workdir's `checkpoints/`."""
+  return next(complete_folders(path))
 
 
 def _restore_items(folder: epath.Path, args: dict):
+  _quiet_abandoned_io()
   checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler(
       handler_registry=_handler_registry()))
   try:
@@ -479,15 +458,18 @@ def _restore_items(folder: epath.Path, args: dict):
 
 
 def load_params(path, abstract_params):
-  """Only the parameters of a checkpoint or export, on `abstract_params`' shardings."""
+  """Only the parameters of a checkpoint or export, on `abstract_params`' shardings;
+  DamagedCheckpoint when they do not read back as written."""
   folder = resolve(path)
+  integrity.check(folder, (PARAMS,))
   restore = lambda target: _restore_items(folder, {PARAMS: ocp.args.StandardRestore(target)})
   return _restore_in_layout(folder, abstract_params, lambda t: (restore(t)[PARAMS], None))[0]
 
 
-def load_config(path) -> ml_collections.ConfigDict:
+def saved_config(path) -> ml_collections.ConfigDict:
   """The resolved config saved with a checkpoint or export."""
   folder = resolve(path)
+  integrity.check(folder, (CONFIG,))
   restored = _restore_items(folder, {CONFIG: ocp.args.JsonRestore()})
   return ml_collections.ConfigDict(restored[CONFIG])
 
@@ -497,10 +479,11 @@ def export_params(path, params, config) -> epath.Path:
   path = _path(path)
   if path.exists():
     raise ValueError(f"export path {path} already exists")
+  _quiet_abandoned_io()
+  record = lambda: integrity.record(path, config.checkpoint.checksums)
   checkpointer = ocp.AsyncCheckpointer(
       ocp.CompositeCheckpointHandler(handler_registry=_handler_registry()),
-      async_options=ocp.options.AsyncOptions(
-          post_finalization_callback=lambda: _record_sizes(path)))
+      async_options=ocp.options.AsyncOptions(post_finalization_callback=record))
   try:
     checkpointer.save(path, args=ocp.args.Composite(
         **{PARAMS: ocp.args.StandardSave(params)}, **_config_items(config, step=None)))

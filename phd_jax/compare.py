@@ -1,164 +1,51 @@
-"""Put training runs side by side: a markdown table and held-out loss curves.
+"""Put training runs side by side: markdown tables and held-out loss plots.
 
   python -m phd_jax.compare DIR [DIR ...] [--output_dir=OUT] [--name=comparison]
-      [--baseline=Vanilla]
+      [--baseline=Vanilla] [--x=tokens,train_flops] [--context=2048]
 
 Each DIR is a run's workdir or any folder above runs (a sweep's workdir): every folder
 holding a `metrics.jsonl`, `config.json` or `sweep_status.json` is a run. Runs are grouped
-by variant: the sweep's variant spec (`sweep_status.json`), else the parent folder of
-`seed<N>` folders, else the config's `phd.variant`. Everything reported comes from the runs'
-files: `metrics.jsonl` (held-out loss and bits per byte at each evaluation, step times,
-model FLOPs per step), `sweep_status.json` (failed or done, wall time), `chase.json`
-(pointer-chasing answer accuracy) and `eval_step<N>.json` (`phd_jax.evaluate`'s
-zero-shot tasks).
+by variant: the sweep's variant spec (`sweep_status.json`, e.g. `PHD-2@num_steps=800`),
+else the parent folder of `seed<N>` folders, else the config's `phd.variant`. Everything
+reported comes from the runs' files: `metrics.jsonl` (held-out loss and bits per byte at
+each evaluation, step times, model FLOPs per step), `config.json` (the model, for the
+inference costs of `phd_jax.flops`), `sweep_status.json` (failed or done, wall time),
+`chase.json` (pointer-chasing answer accuracy) and `eval_step<N>.json`
+(`phd_jax.evaluate`'s zero-shot tasks).
 
-Writes `OUT/<name>.md` (per-variant mean ± standard error over the complete runs, Δ against
-the baseline paired by seed, and one line per run with its state) and the plots
-`OUT/<name>_loss_vs_tokens.png` and `OUT/<name>_loss_vs_flops.png`. A run that failed or
-stopped early is listed as such and drawn dashed, never averaged in.
+Writes `OUT/<name>.md`: per-variant mean ± standard error over the complete runs, Δ
+against the baseline paired by seed (a variant with `@settings` is paired with the
+baseline of the same settings when there is one, so budgets compare like with like), the
+inference cost of each variant at `--context` tokens, and one line per run with its
+state. And one plot per `--x` axis, `OUT/<name>_loss_vs_<axis>.png`: held-out loss
+against original tokens (`tokens`) or training FLOPs (`train_flops`) along each run, or
+each variant's final loss against its decode FLOPs per token (`decode_flops`) or its
+inference memory (`inference_memory`: parameters + KV cache). A run that failed or
+stopped early is listed as such and drawn dashed (hollow), never averaged in.
+
+A run whose files cannot be read (a cut `config.json`, an empty `sweep_status.json`) is
+named with the reason, on stderr and in the report, and left out; the rest is reported,
+and the exit status is 1 so that a script notices the report is not whole.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import glob
-import json
 import math
 import os
 import re
+import sys
 
 import numpy as np
 
-from phd_jax import data
 from phd_jax.masks import parse_variant
+from phd_jax.run_results import RUN_FILES, read_runs
 
-RUN_FILES = ("metrics.jsonl", "config.json", "sweep_status.json")
-HELDOUT_KEYS = ("eval_loss", "eval_perplexity", "eval_bits_per_byte")
-
-
-@dataclasses.dataclass
-class RunResult:
-  path: str
-  label: str  # the variant group
-  seed: int | None
-  state: str  # complete | incomplete | failed | empty
-  target_steps: int | None
-  steps: int  # last step logged
-  tokens_per_step: int | None
-  flops_per_step: float | None
-  evals: list  # [(step, eval_loss, bits_per_byte or None)]
-  train_time_s: float  # sum of measured step times (no compile, eval, checkpoint)
-  wall_s: float | None
-  tasks: dict  # zero-shot task -> reported metric at the last evaluation
-  chase: dict | None
-
-  @property
-  def final_loss(self):
-    return self.evals[-1][1] if self.evals else None
-
-  @property
-  def best_loss(self):
-    return min(e[1] for e in self.evals) if self.evals else None
-
-  @property
-  def final_bpb(self):
-    return self.evals[-1][2] if self.evals else None
-
-
-def find_runs(paths) -> list[str]:
-  """Every run folder under (or equal to) the given paths, sorted."""
-  found = set()
-  for path in paths:
-    if not os.path.isdir(path):
-      raise ValueError(f"no such directory: {path}")
-    for root, dirs, files in os.walk(path):
-      if any(f in files for f in RUN_FILES):
-        found.add(os.path.normpath(root))
-        dirs[:] = []  # checkpoints and profiles below a run are not runs
-      else:
-        dirs.sort()
-  return sorted(found)
-
-
-def _read_json(path):
-  if not os.path.isfile(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
-
-
-def _read_metrics(path) -> list[dict]:
-  if not os.path.isfile(path):
-    return []
-  rows = []
-  with open(path) as f:
-    for line in f:
-      line = line.strip()
-      if line:
-        try:
-          rows.append(json.loads(line))
-        except json.JSONDecodeError:
-          break  # a line cut short by a killed run: keep what came before
-  return rows
-
-
-def _label(path, config, status) -> str:
-  if status and status.get("variant"):
-    return status["variant"]
-  if re.fullmatch(r"seed\d+", os.path.basename(path)):
-    return os.path.basename(os.path.dirname(path))
-  return (config or {}).get("phd", {}).get("variant") or os.path.basename(path)
-
-
-def _task_results(path, last_eval: dict) -> dict:
-  """Zero-shot results: the newest `eval_step<N>.json`, else the in-loop ones."""
-  reports = glob.glob(os.path.join(path, "eval_step*.json"))
-  if reports:
-    newest = max(reports, key=lambda p: int(re.search(r"(\d+)\.json$", p).group(1)))
-    results = (_read_json(newest) or {}).get("results", {})
-    return {name: r[r["metric"]] for name, r in results.items()
-            if isinstance(r, dict) and "metric" in r}
-  return {k.removeprefix("eval_"): v for k, v in last_eval.items()
-          if k.startswith("eval_") and k not in HELDOUT_KEYS and v is not None}
-
-
-def read_run(path) -> RunResult:
-  config = _read_json(os.path.join(path, "config.json"))
-  status = _read_json(os.path.join(path, "sweep_status.json"))
-  rows = _read_metrics(os.path.join(path, "metrics.jsonl"))
-  evals, train_time, last_step, flops_per_step, last_eval = {}, 0.0, 0, None, {}
-  previous = 0
-  for row in rows:
-    step = row["step"]
-    if "eval_loss" in row:  # a resumed run may evaluate a step again: the last one counts
-      evals[step] = (step, row["eval_loss"], row.get("eval_bits_per_byte"))
-      last_eval = row
-    if "step_time" in row:  # steps redone after a resume are not counted twice
-      train_time += row["step_time"] * max(step - previous, 0)
-      previous = max(previous, step)
-      flops_per_step = row.get("model_flops_per_step", flops_per_step)
-    last_step = max(last_step, step)
-  target = config.get("num_steps") if config else None
-  if status and status.get("status") == "failed":
-    state = "failed"
-  elif not rows:
-    state = "empty"
-  elif target is not None and last_step >= target and (
-      not config.get("eval_every") or target in evals):
-    state = "complete"
-  else:
-    state = "incomplete"
-  if config and config.get("data", {}).get("source") in data.TOKEN_SOURCES:
-    evals = {s: (s, loss, None) for s, (_, loss, _) in evals.items()}  # no text, no bytes
-  seed = config.get("seed") if config else (status or {}).get("seed")
-  return RunResult(
-      path=path, label=_label(path, config, status), seed=seed, state=state,
-      target_steps=target, steps=last_step,
-      tokens_per_step=config["batch_size"] * config["seq_len"] if config else None,
-      flops_per_step=flops_per_step, evals=sorted(evals.values()), train_time_s=train_time,
-      wall_s=(status or {}).get("wall_s"), tasks=_task_results(path, last_eval),
-      chase=_read_json(os.path.join(path, "chase.json")))
+CURVE_AXES = {"tokens": "original tokens seen",
+              "train_flops": "training FLOPs (model, forward + backward)"}
+COST_AXES = {"decode_flops": "decode FLOPs per token at context {T}",
+             "inference_memory": "inference memory at context {T}: parameters + KV cache "
+                                 "(bytes)"}
 
 
 def mean_se(values) -> tuple[float, float | None]:
@@ -190,10 +77,25 @@ def _k(label) -> int:
     return 0
 
 
+def _natural(label) -> list:
+  """Sort key reading the numbers in a label as numbers (`num_steps=800` before `=1200`)."""
+  return [(0, int(part), "") if part.isdigit() else (1, 0, part)
+          for part in re.split(r"(\d+)", label) if part]
+
+
 def group(runs, baseline) -> dict:
   """label -> runs, the baseline first, then by K and name."""
-  labels = sorted({r.label for r in runs}, key=lambda l: (l != baseline, _k(l), l))
+  labels = sorted({r.label for r in runs},
+                  key=lambda l: (l != baseline, _k(l), _natural(l)))
   return {label: [r for r in runs if r.label == label] for label in labels}
+
+
+def baseline_of(label, baseline, labels) -> str:
+  """What `label` is compared with: the baseline with the same `@settings` when there is
+  one (`PHD-2@num_steps=800` against `Vanilla@num_steps=800`), else the baseline."""
+  variant, at, settings = label.partition("@")
+  matched = f"{baseline}@{settings}"
+  return matched if at and matched in labels and variant != baseline else baseline
 
 
 def _paired_delta(runs, base_runs, value):
@@ -205,7 +107,6 @@ def _paired_delta(runs, base_runs, value):
 
 
 def summary_table(groups, baseline) -> list[str]:
-  base_runs = groups.get(baseline, [])
   tasks = sorted({t for runs in groups.values() for r in runs for t in r.tasks})
   has_bpb = any(r.final_bpb is not None for runs in groups.values() for r in runs)
   has_chase = any(r.chase for runs in groups.values() for r in runs)
@@ -225,11 +126,14 @@ def summary_table(groups, baseline) -> list[str]:
             _si(done[0].steps * done[0].flops_per_step if done[0].flops_per_step else None),
             _fmt(*mean_se([r.final_loss for r in done])),
             _fmt(*mean_se([r.best_loss for r in done]))]
-    if label == baseline:
+    against = baseline_of(label, baseline, groups)
+    if label == against:
       row.append("0")
     else:
-      mean, se, n = _paired_delta(done, base_runs, lambda r: r.final_loss)
-      row.append(_fmt(mean, se, signed=True) + (f" (n={n})" if n else ""))
+      mean, se, n = _paired_delta(done, groups.get(against, []), lambda r: r.final_loss)
+      note = ", ".join(([f"n={n}"] if n else []) + ([f"vs {against}"] if against != baseline
+                                                     else []))
+      row.append(_fmt(mean, se, signed=True) + (f" ({note})" if note else ""))
     if has_bpb:
       bpb = [r.final_bpb for r in done if r.final_bpb is not None]
       row.append(_fmt(*mean_se(bpb)) if bpb else "–")
@@ -256,34 +160,112 @@ def runs_table(runs) -> list[str]:
   return lines
 
 
-def plot(groups, path, x_of, xlabel, title) -> None:
+def _bytes(value):
+  return "–" if value is None else _si(value) + "B"
+
+
+def cost_table(groups, context) -> list[str]:
+  """Per variant, the inference costs of its model (the first run with a readable config),
+  and a line for each run whose config gave none."""
+  head = ["variant", "K", "parameters", "KV cache per context token",
+          "hidden window (fixed)", f"decode FLOPs per token at {context}",
+          f"prefill FLOPs of {context} tokens", f"inference memory at {context}"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  notes = []
+  for label, runs in groups.items():
+    costs = next((r.inference for r in runs if isinstance(r.inference, dict)), None)
+    notes += [f"- {r.path}: {r.inference}" for r in runs if isinstance(r.inference, str)]
+    cells = ["–"] * (len(head) - 2) if costs is None else [
+        _si(costs["parameters"]), _bytes(costs["kv_bytes_per_token"]),
+        _bytes(costs["hidden_window_bytes"]), _si(costs["decode_flops"]),
+        _si(costs["prefill_flops"]), _bytes(costs["inference_memory"])]
+    lines.append("| " + " | ".join([label, str(_k(label))] + cells) + " |")
+  return lines + (["", "No inference cost for:"] + notes if notes else [])
+
+
+def _atomic(path, write) -> None:
+  """`write(temporary path)`, then the rename: a report is never half-written."""
+  write(path + ".tmp")
+  os.replace(path + ".tmp", path)
+
+
+def _figure():
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(7, 4.5))
-  colors = plt.get_cmap("tab10")
-  for i, (label, runs) in enumerate(groups.items()):
-    for j, r in enumerate(runs):
-      if not r.evals:
-        continue
-      xs = [x_of(r, step) for step, _, _ in r.evals]
-      ys = [loss for _, loss, _ in r.evals]
-      ax.plot(xs, ys, marker="o", markersize=3, color=colors(i % 10),
-              linestyle="-" if r.state == "complete" else "--",
-              label=label if j == 0 else None)
+  return plt, fig, ax
+
+
+def _save(plt, fig, ax, path, xlabel, title) -> None:
   ax.set_xlabel(xlabel)
   ax.set_ylabel("held-out loss (nats per token)")
   ax.set_title(title)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  _atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
   plt.close(fig)
 
 
-def write_report(paths, output_dir, name="comparison", baseline="Vanilla") -> list[str]:
-  """Read every run under `paths`; write the markdown and the two plots; return their paths."""
-  runs = [read_run(p) for p in find_runs(paths)]
+def plot_curves(groups, path, axis) -> None:
+  """Held-out loss along each run against original tokens or training FLOPs."""
+  per_step = {"tokens": lambda r: r.tokens_per_step, "train_flops": lambda r: r.flops_per_step}
+  plt, fig, ax = _figure()
+  colors = plt.get_cmap("tab10")
+  for i, (label, runs) in enumerate(groups.items()):
+    for j, r in enumerate(runs):
+      if not r.evals:
+        continue
+      xs = [step * (per_step[axis](r) or 0) for step, _, _ in r.evals]
+      ys = [loss for _, loss, _ in r.evals]
+      ax.plot(xs, ys, marker="o", markersize=3, color=colors(i % 10),
+              linestyle="-" if r.state == "complete" else "--",
+              label=label if j == 0 else None)
+  _save(plt, fig, ax, path, CURVE_AXES[axis], f"Held-out loss against {CURVE_AXES[axis]}")
+
+
+def cost_points(groups, axis) -> list[tuple]:
+  """(label, cost, (mean, se) of the complete runs' final losses or None, the other runs'
+  final losses) of each variant whose config gave its inference costs."""
+  points = []
+  for label, runs in groups.items():
+    costs = next((r.inference for r in runs if isinstance(r.inference, dict)), None)
+    if costs is not None:
+      done = [r.final_loss for r in runs if r.state == "complete"]
+      others = [r.final_loss for r in runs if r.state != "complete" and r.evals]
+      points.append((label, costs[axis], mean_se(done) if done else None, others))
+  return points
+
+
+def plot_costs(groups, path, axis, context) -> None:
+  """Each variant's final held-out loss (mean ± standard error over its complete runs;
+  unfinished runs hollow) against an inference cost of its model."""
+  plt, fig, ax = _figure()
+  colors = plt.get_cmap("tab10")
+  color_of = {label: colors(i % 10) for i, label in enumerate(groups)}  # as in the curves
+  for label, x, done, others in cost_points(groups, axis):
+    color = color_of[label]
+    if done:
+      ax.errorbar([x], [done[0]], yerr=None if done[1] is None else [done[1]], fmt="o",
+                  capsize=4, color=color, label=label)
+    ax.scatter([x] * len(others), others, facecolors="none", edgecolors=color,
+               label=None if done else label)
+  ax.set_xscale("log")
+  xlabel = COST_AXES[axis].format(T=context)
+  _save(plt, fig, ax, path, xlabel, f"Final held-out loss against {xlabel.split(':')[0]}")
+
+
+def write_report(paths, output_dir, name="comparison", baseline="Vanilla",
+                 axes=("tokens", "train_flops"), context=2048):
+  """Read every run under `paths`; write the markdown and one plot per axis.
+
+  Returns (the written paths, (path, reason) of each damaged run, left out).
+  """
+  runs, damaged = read_runs(paths, context)
+  if damaged and not runs:
+    raise ValueError(f"no readable runs under {list(paths)}: " +
+                     "; ".join(f"{path}: {reason}" for path, reason in damaged))
   if not runs:
     raise ValueError(f"no runs (folders with {', '.join(RUN_FILES)}) under {list(paths)}")
   groups = group(runs, baseline)
@@ -291,37 +273,66 @@ def write_report(paths, output_dir, name="comparison", baseline="Vanilla") -> li
   md = os.path.join(output_dir, f"{name}.md")
   text = ["# Comparison", "",
           "Mean ± standard error over the complete runs of each variant (seeds); Δ is paired "
-          "by seed against the baseline. Loss: nats per token on the held-out split at the "
-          "last evaluation; train time: summed step times, excluding compilation, "
-          "evaluation and checkpoints.", ""]
-  text += summary_table(groups, baseline) + ["", "## Runs", ""] + runs_table(runs) + [""]
-  with open(md, "w") as f:
-    f.write("\n".join(text))
-  tokens_png = os.path.join(output_dir, f"{name}_loss_vs_tokens.png")
-  flops_png = os.path.join(output_dir, f"{name}_loss_vs_flops.png")
-  plot(groups, tokens_png, lambda r, step: step * (r.tokens_per_step or 0),
-       "original tokens seen", "Held-out loss against training tokens")
-  plot(groups, flops_png, lambda r, step: step * (r.flops_per_step or 0),
-       "training FLOPs (model, forward + backward)", "Held-out loss against training compute")
-  return [md, tokens_png, flops_png]
+          "by seed against the baseline (with the same @settings when there is one). Loss: "
+          "nats per token on the held-out split at the last evaluation; train time: summed "
+          "step times, excluding compilation, evaluation and checkpoints.", ""]
+  text += summary_table(groups, baseline)
+  text += ["", "## Inference cost", "",
+           f"Per variant, from its config (`phd_jax.flops`): decoding one token after {context} "
+           f"cached ones, prefilling a {context}-token prompt, and memory for the parameters "
+           f"(float32) and a KV cache of {context} tokens in the model's dtype (one "
+           "sequence); B = bytes, k/M/G = 10^3/10^6/10^9.", ""]
+  text += cost_table(groups, context)
+  if damaged:
+    text += ["", "## Damaged runs (left out)", ""]
+    text += [f"- {path}: {reason}" for path, reason in damaged]
+  text += ["", "## Runs", ""] + runs_table(runs) + [""]
+
+  def write_md(tmp):
+    with open(tmp, "w") as f:
+      f.write("\n".join(text))
+  _atomic(md, write_md)
+  written = [md]
+  for axis in axes:
+    png = os.path.join(output_dir, f"{name}_loss_vs_{axis}.png")
+    if axis in CURVE_AXES:
+      plot_curves(groups, png, axis)
+    else:
+      plot_costs(groups, png, axis, context)
+    written.append(png)
+  return written, damaged
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m phd_jax.compare", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("dirs", nargs="+", help="run workdirs or folders above them")
   p.add_argument("--output_dir", help="where the report goes (default: the first DIR)")
   p.add_argument("--name", default="comparison", help="file name stem of the report")
   p.add_argument("--baseline", default="Vanilla", help="variant the Δ column is against")
+  p.add_argument("--x", default="tokens,train_flops",
+                 help=f"comma list of plot axes: {', '.join([*CURVE_AXES, *COST_AXES])}")
+  p.add_argument("--context", type=int, default=2048,
+                 help="tokens of context for the inference costs")
   args = p.parse_args(argv)
+  axes = [a.strip() for a in args.x.split(",") if a.strip()]
+  unknown = [a for a in axes if a not in CURVE_AXES and a not in COST_AXES]
+  if unknown or not axes:
+    p.error(f"--x={args.x!r}: axes are {', '.join([*CURVE_AXES, *COST_AXES])}")
+  if args.context < 1:
+    p.error(f"--context must be a positive number of tokens; got {args.context}")
   try:
-    paths = write_report(args.dirs, args.output_dir or args.dirs[0], args.name, args.baseline)
+    written, damaged = write_report(args.dirs, args.output_dir or args.dirs[0], args.name,
+                                    args.baseline, axes, args.context)
   except ValueError as e:
     p.error(str(e))
-  with open(paths[0]) as f:
+  with open(written[0]) as f:
     print(f.read(), end="")
-  print("written:", *paths)
+  print("written:", *written)
+  for path, reason in damaged:
+    print(f"damaged run left out: {path}: {reason}", file=sys.stderr)
+  return 1 if damaged else 0
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

@@ -7,7 +7,11 @@ ml_collections ConfigDict; the files in `configs/` start from `phd_jax.defaults`
 `validate(config)` is the one place that decides whether a config can run: the dry run,
 training, evaluation and the benchmarks all call it before building or compiling anything,
 so none of them accepts what another refuses. It raises `ConfigError` (a ValueError) whose
-one-line message names the field, its value and what would work.
+one-line message names the field, its value and what would work. Its second half,
+`check_files` (tokenizer, dataset, task files), can run on its own: the dry run sizes a
+model first and refuses afterwards, so a pod is sized before the data exists. The warm
+start is checked where it is loaded (`phd_jax.train.check_warm_start`): a transformers
+model's shape is read by `phd_jax.hf`, a layer above this one.
 """
 
 from __future__ import annotations
@@ -21,15 +25,12 @@ import os
 import ml_collections
 
 from phd_jax import attention as attention_lib
-from phd_jax import sharding
+from phd_jax import data, sharding
 from phd_jax.layers import DTYPES
 from phd_jax.masks import PHDSpec, parse_variant
 from phd_jax.model import NORM_STYLES, REMAT_POLICIES, ModelConfig
 
 SCHEDULES = ("cosine", "linear", "wsd")
-# phd_jax.data.TOKEN_SOURCES, named here too: configs of these sources are checked without
-# importing phd_jax.data, whose grain and TensorFlow Datasets accelerator images may lack.
-TOKEN_SOURCES = ("synthetic", "pointer_chase")
 # The splits `phd_jax.data.prepare` writes (and so the "stdlib" corpus has).
 PREPARED_SPLITS = ("train", "validation")
 
@@ -230,20 +231,28 @@ def check_checkpoint(config) -> None:
   if c.every and c.keep_period % c.every:
     raise ConfigError(f"checkpoint.keep_period={c.keep_period} must be a multiple of "
                       f"checkpoint.every={c.every}, or it keeps (almost) nothing")
-  if not isinstance(c.async_save, bool):
-    raise ConfigError(f"checkpoint.async_save must be a bool; got {c.async_save!r}")
+  for name in ("async_save", "checksums"):
+    if not isinstance(c[name], bool):
+      raise ConfigError(f"checkpoint.{name} must be a bool; got {c[name]!r}")
 
 
-def _check_data(config, training: bool):
-  """What the data pipeline would refuse at its first batch: source, tokenizer file and
-  vocabulary, and the splits a run reads (asked of the dataset's metadata, not its data)."""
-  d = config.data
-  if d.source in TOKEN_SOURCES:  # no files; their splits are fixed
+def _check_eval_tasks(config, training: bool):
+  if not (training and config.eval_every):
     return
-  # pylint: disable=import-outside-toplevel
-  from phd_jax import data
-  from phd_jax.data import sources
-  _one_of("data.source", d.source, data.SOURCES)
+  from phd_jax.eval.tasks import load_task  # pylint: disable=import-outside-toplevel
+  for name in eval_task_names(config):
+    try:
+      load_task(config.eval_data_dir, name, limit=1)
+    except ValueError as e:
+      raise ConfigError(f"eval_tasks={config.eval_tasks!r}, eval_data_dir="
+                        f"{config.eval_data_dir!r}: {e}") from None
+
+
+def _check_tokenizer(config, training: bool):
+  """The tokenizer file (and its vocabulary against the model's)."""
+  del training  # evaluation tokenizes too
+  if config.data.source in data.TOKEN_SOURCES:  # no text
+    return
   try:
     tokenizer = data.make_tokenizer(config)
   except ValueError as e:
@@ -251,6 +260,14 @@ def _check_data(config, training: bool):
             if "tokenizer_path" in str(e) else "")
     raise ConfigError(f"{e}{hint}") from None
   data.check_vocab(tokenizer, config)
+
+
+def _check_splits(config, training: bool):
+  """The dataset splits a run reads, asked of the dataset's metadata, not its data."""
+  d = config.data
+  if d.source in data.TOKEN_SOURCES:  # no files; their splits are fixed
+    return
+  from phd_jax.data import sources  # pylint: disable=import-outside-toplevel
   splits = {}  # the splits this run reads, by their field
   if training:
     splits["train"] = "data.train_split"
@@ -269,33 +286,10 @@ def _check_data(config, training: bool):
         raise ConfigError(f"{field}={name!r}: {e}") from None
 
 
-def _check_eval_tasks(config):
-  from phd_jax.eval.tasks import load_task  # pylint: disable=import-outside-toplevel
-  for name in eval_task_names(config):
-    try:
-      load_task(config.eval_data_dir, name, limit=1)
-    except ValueError as e:
-      raise ConfigError(f"eval_tasks={config.eval_tasks!r}, eval_data_dir="
-                        f"{config.eval_data_dir!r}: {e}") from None
-
-
-def validate(config, *, training: bool = True) -> None:
-  """Raise ConfigError naming the first setting that cannot work, before anything is built.
-
-  Checks every field's value; then, for training, the mesh over the devices at hand and
-  the batch over the mesh, and the in-loop evaluation's task files; then the tokenizer
-  file and the dataset splits the run reads. `training=False` (evaluating or sampling a
-  saved run) skips what only training uses: the mesh, the training split and the tasks.
-  """
+def _as_config_error(check, config, training: bool) -> None:
+  """`check(config, training)`, with what the modules it asks raise as a ConfigError."""
   try:
-    _check_model(config)
-    _check_loop(config)
-    _check_optim(config)
-    if training:
-      sharding.check_batch(config, sharding.make_mesh(config))
-      if config.eval_every:
-        _check_eval_tasks(config)
-    _check_data(config, training)
+    check(config, training)
   except ConfigError:
     raise
   except ValueError as e:  # raised by the modules whose settings these are
@@ -303,3 +297,57 @@ def validate(config, *, training: bool = True) -> None:
   except (KeyError, AttributeError) as e:
     raise ConfigError(f"config lacks the field {e}; start it from "
                       "phd_jax.defaults.get_config()") from None
+
+
+def _check_source(config):
+  _one_of("data.source", config.data.source, data.SOURCES)
+
+
+def _check_train_tokens(config):
+  """`data.train_tokens` (phd_jax/data/restrict.py). Whether the split holds that many is
+  known only once they are tokenized: the data pipeline refuses more before the first step."""
+  _integers(config, 0, "data.train_tokens")
+  tokens, source = config.data.train_tokens, config.data.source
+  if tokens and source in data.TOKEN_SOURCES:
+    raise ConfigError(f"data.train_tokens={tokens} keeps the first documents of a dataset "
+                      f"(data.source 'stdlib' or 'tfds'), but data.source={source!r} draws "
+                      "fresh samples every step; set data.train_tokens=0")
+
+
+def _check_settings(config, training: bool):
+  _check_model(config)
+  _check_loop(config)
+  _check_optim(config)
+  _check_source(config)
+  if training:
+    _check_train_tokens(config)
+    sharding.check_batch(config, sharding.make_mesh(config))
+
+
+def check_files(config, *, training: bool = True) -> None:
+  """The files part of `validate`: the in-loop evaluation's task files (training only),
+  the tokenizer and the dataset splits the run reads. Raises one
+  ConfigError naming every file that is missing or unusable (`; ` between them), so the
+  files a pod needs can be gathered in one go."""
+  problems = []
+  for check in (_check_eval_tasks, _check_tokenizer, _check_splits):
+    try:
+      _as_config_error(check, config, training)
+    except ConfigError as e:
+      problems.append(str(e))
+  if problems:
+    raise ConfigError("; ".join(problems))
+
+
+def validate(config, *, training: bool = True, files: bool = True) -> None:
+  """Raise ConfigError naming the first setting that cannot work, before anything is built.
+
+  Checks every field's value; then, for training, the mesh over the devices at hand and
+  the batch over the mesh; then the files the run reads (`check_files`). `training=False`
+  (evaluating or sampling a saved run) skips what only training uses: the mesh, the
+  training split and the tasks. `files=False` skips the files: the dry run
+  sizes a model before its data is downloaded, then calls `check_files` itself.
+  """
+  _as_config_error(_check_settings, config, training)
+  if files:
+    check_files(config, training=training)

@@ -6,7 +6,11 @@ where the text after ':' is the PHD variant (Vanilla, PHD-K, PHD-SWA-K-W-∞, PH
 and any field can be overridden on the command line, e.g. --config.optim.lr=1e-3.
 """
 
+import dataclasses
+
 import ml_collections
+
+from phd_jax.model import ModelConfig
 
 
 def get_config(variant=None):
@@ -18,26 +22,11 @@ def get_config(variant=None):
   c.phd.window_unit = "tokens"  # SWA window counted in hidden tokens, or "positions"
   c.phd.positions = "shared"  # RoPE: every copy at pos(p); "expanded": K*pos(p) + copy
 
-  # Decoder shape (OLMo2 style). mlp_dim is the size of EACH of the gate and up projections.
-  c.model = ml_collections.ConfigDict()
-  c.model.vocab_size = 50304
-  c.model.d_model = 768
-  c.model.num_layers = 12
-  c.model.num_heads = 12
-  c.model.num_kv_heads = 4
-  c.model.head_dim = 64
-  c.model.mlp_dim = 2048
-  c.model.rope_theta = 500_000.0
-  c.model.norm_eps = 1e-6
-  c.model.norm_style = "reordered"  # OLMo2 norms after each sublayer; "pre" for Llama-style
-  c.model.qk_norm = True
-  c.model.qk_norm_per_head = False  # True: each head's q and k normed alone (Qwen3)
-  c.model.tie_embeddings = False
-  c.model.init_std = 0.02
-  c.model.dtype = "float32"  # compute dtype: float32 or bfloat16 (params stay float32)
-  c.model.attention_impl = "auto"  # see phd_jax/attention/__init__.py
-  c.model.remat = "none"  # none | full | dots: activation rematerialisation per block
-  c.model.scan_layers = True  # one program whatever the depth; False: a loop (debugging)
+  # Decoder shape (OLMo2 style); every other model field (norms, dtype, remat, attention
+  # implementation, ...) at its default, which `phd_jax.model.ModelConfig` holds and documents.
+  c.model = ml_collections.ConfigDict(dataclasses.asdict(ModelConfig(
+      vocab_size=50304, d_model=768, num_layers=12, num_heads=12, num_kv_heads=4,
+      head_dim=64, mlp_dim=2048)))
 
   # Training. batch_size is the GLOBAL number of sequences per optimizer step, summed over
   # all hosts and devices; each host loads batch_size / num_processes of them.
@@ -87,6 +76,12 @@ def get_config(variant=None):
   c.data.text_field = "text"
   c.data.tokenizer = "byte"  # byte | sentencepiece | hf
   c.data.tokenizer_path = ""  # model file for sentencepiece / tokenizer.json for hf
+  # Data-constrained training (data/restrict.py): train on the train split's first
+  # documents holding >= train_tokens tokens, repeated in epochs (0 = the whole split; not
+  # for the token sources). train_tokens_exact is written by the trainer: the tokens one
+  # epoch of them trains on (0 when unrestricted); metrics.jsonl then records "epochs".
+  c.data.train_tokens = 0
+  c.data.train_tokens_exact = 0
   c.data.num_workers = 0  # processes that read and tokenize documents (0 = in-process)
   c.data.prefetch = 2
   # "pointer_chase" (data/pointer_chase.py): permutation size, lookups per answer, and the
@@ -100,6 +95,9 @@ def get_config(variant=None):
   c.checkpoint.keep = 3  # keep the last N
   c.checkpoint.keep_period = 0  # also keep every N-th step forever (0 = off)
   c.checkpoint.async_save = True
+  # Record a CRC-32 of every file at save (in the background) and check the files a resume
+  # or load reads against it (README: Damaged checkpoints).
+  c.checkpoint.checksums = True
   c.checkpoint.warm_start = ""  # another run's checkpoint (params only) or hf:DIR
   return c
 

@@ -4,7 +4,9 @@
   python -m phd_jax.evaluate --checkpoint=RUN/checkpoints/600 --tasks=loss,hellaswag --limit=200
 
 Restores only the parameters (the newest complete step of a workdir, a step folder or an
-export) onto a mesh of the devices at hand, with the config saved in the checkpoint.
+export) onto a mesh of the devices at hand, with the config saved in the checkpoint. A
+workdir's step that does not read back as written (`checkpoint_integrity`) is skipped with
+one line and the step before it tried, as training resumes; nothing is renamed.
 `loss`: loss, perplexity and bits per byte on `loss_batches` batches of the run's validation
 split. Each task: zero-shot multiple choice by the summed log-likelihood of each option,
 acc and acc_norm (per character) with standard errors; the table's "reported" column is the
@@ -22,6 +24,7 @@ import argparse
 
 import jax
 from absl import logging
+from etils import epath
 
 from phd_jax import checkpoint, sharding
 from phd_jax import config as config_lib
@@ -77,6 +80,28 @@ def _parser() -> argparse.ArgumentParser:
   return p
 
 
+def _newest_readable_model(path, mesh_sizes):
+  """`load_model` of the newest checkpoint `path` names that reads back whole (only `path`
+  itself when it is a step folder or export)."""
+  one_folder = (epath.Path(path) / checkpoint.PARAMS).exists()
+
+  def read(folder):
+    config = checkpoint.saved_config(folder)
+    config_lib.validate(config, training=False)
+    return load_model(folder, mesh_sizes, config=config)
+
+  def skip(folder, error):
+    del folder  # named in the error
+    if one_folder:
+      raise error
+    logging.warning("%s; trying the step before it.", error)
+
+  found = checkpoint.newest_readable(checkpoint.complete_folders(path), read, skip)
+  if found is None:
+    raise ValueError(f"no checkpoint in {path} reads back whole")
+  return found[1]
+
+
 def run(args) -> dict:
   tasks, mesh_sizes = parse_tasks(args.tasks), sharding.parse_sizes(args.mesh)
   if args.limit is not None and args.limit < 1:
@@ -86,10 +111,8 @@ def run(args) -> dict:
       load_task(args.data_dir, name, limit=1)
   if args.coordinator or args.num_processes:
     jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
-  folder = checkpoint.resolve(args.workdir or args.checkpoint)
-  config = checkpoint.load_config(folder)
-  config_lib.validate(config, training=False)
-  model, config, mesh, folder = load_model(folder, mesh_sizes, config=config)
+  model, config, mesh, folder = _newest_readable_model(args.workdir or args.checkpoint,
+                                                       mesh_sizes)
   results = suite.evaluate(model, config, mesh, tasks, data_dir=args.data_dir,
                            limit=args.limit, loss_batches=args.loss_batches,
                            batch_size=args.batch_size, seq_len=args.seq_len,

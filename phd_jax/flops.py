@@ -1,17 +1,45 @@
-"""The model-FLOP count of a training step and the peak FLOP/s of devices: MFU's inputs.
+"""The pure cost model: training FLOPs and MFU's peak, and the inference costs of a variant.
 
-FLOPs are counted analytically the way MFU is usually defined (forward + backward =
-3 x forward, rematerialisation not counted): every copy of every token goes through every
-block (K x the dense matmuls), only the final copy through the output layer, and
-attention costs the (query, key) pairs the variant's mask actually allows, not a dense
-(K*T)^2 square.
+Training FLOPs are counted the way MFU is usually defined (forward + backward = 3 x forward,
+rematerialisation not counted): every copy of every token goes through every block (K x
+the dense matmuls), only the final copy through the output layer, and attention costs the
+(query, key) pairs the variant's mask actually allows, not a dense (K*T)^2 square. A
+matmul of an `m`-vector with an `m x n` weight is 2mn FLOPs; attention 4 * H * Dh per
+visible pair (scores and the weighted sum of values).
+
+Inference, as `phd_jax.decode` runs it (forward only):
+  parameters        every weight, norm scales included; held in float32 (`model.dtype`
+                    is the compute dtype only).
+  KV cache          K and V of every context token's original (copy 0), every layer,
+                    G heads of Dh, in `model.dtype`: a vanilla model's cache, whatever K.
+                    SWA/CSWA add a fixed window of hidden K/V (`window_entries`), which
+                    does not grow with the context. Slot and position indices (a few
+                    int32 per row) are left out.
+  decode            one new token after T cached ones: K copies through every block,
+                    the output layer on the last copy, and attention over the pairs the
+                    rule allows that token (T originals, its own lower copies, the
+                    window's hidden entries).
+  prefill           a T-token prompt: every block on the T originals and on all K copies
+                    of the last `hidden_tokens` tokens (`decode.hidden_prefill_tokens`:
+                    1 for PHD, the window's reach for SWA, the last chunk for CSWA),
+                    attention over the pairs among those rows, the output layer once.
+Where the paper (PAPER.md, "Inference") counts differently: its SWA prefill runs every
+prompt token's copies (`hidden_tokens = T` gives that count); its window holds the W most
+recent hidden tokens, as ours does with window_unit="tokens" (W*(K-1) entries with
+"positions"), and CSWA empties it at each chunk boundary, where ours keeps W entries and
+masks those of earlier chunks (the bytes count the W entries, the FLOPs only the visible
+pairs); its "K x the FLOPs of vanilla" is the matmuls', while here the output layer runs
+once and attention costs what each copy sees. The decoder's step multiplies against every
+allocated cache slot under a mask, so the FLOPs it executes exceed this count by the empty
+slots' share: the count is the work the variant requires, as for training.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from phd_jax.masks import PHDSpec, spec_mask
+from phd_jax.layers import DTYPES
+from phd_jax.masks import PHDSpec, spec_mask, visible
 
 # Dense bfloat16 peak FLOP/s per device (chip for TPU, GPU for GPU), matched as substrings
 # of `device.device_kind`, most specific first.
@@ -26,6 +54,7 @@ PEAK_FLOPS = (
     ("H100", 989e12),
     ("A100", 312e12),
 )
+PARAM_BYTES = 4  # parameters stay float32 whatever the compute dtype
 
 
 def peak_flops(device_kind: str) -> float | None:
@@ -58,11 +87,97 @@ def attention_pairs(spec: PHDSpec, num_tokens: int) -> int:
   return int(per_token.sum() + (base + step[0] * offset).sum())
 
 
+def _block_weights(c) -> int:
+  """Matmul weights of one block: q, k, v, o projections and the three SwiGLU matrices."""
+  return c.d_model * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads) \
+      + 3 * c.d_model * c.mlp_dim
+
+
 def flops_per_sequence(model_cfg, spec: PHDSpec, seq_len: int) -> float:
   """Training FLOPs (forward + backward) of one sequence of `seq_len` original tokens."""
   c = model_cfg
-  attn_params = c.d_model * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads)
-  block_params = attn_params + 3 * c.d_model * c.mlp_dim
-  matmul = 2 * (c.num_layers * block_params * spec.k + c.d_model * c.vocab_size) * seq_len
+  matmul = 2 * (c.num_layers * _block_weights(c) * spec.k + c.d_model * c.vocab_size) * seq_len
   attention = 4 * c.num_layers * c.num_heads * c.head_dim * attention_pairs(spec, seq_len)
   return 3.0 * (matmul + attention)
+
+
+def parameter_count(model_cfg) -> int:
+  """Every parameter of the model (K adds none): embedding, blocks with their norm scales
+  (and QK-norm's), final norm, output layer unless tied to the embedding."""
+  c = model_cfg
+  qk_norm = 0
+  if c.qk_norm:  # OLMo2 scales every head's features, Qwen3 (per head) one shared Dh
+    qk_norm = 2 * c.head_dim if c.qk_norm_per_head else \
+        (c.num_heads + c.num_kv_heads) * c.head_dim
+  block = _block_weights(c) + 2 * c.d_model + qk_norm
+  output = 0 if c.tie_embeddings else c.d_model * c.vocab_size
+  return c.vocab_size * c.d_model + c.num_layers * block + c.d_model + output
+
+
+def kv_bytes_per_token(model_cfg) -> int:
+  """Cache bytes of one context token: its original's K and V, every layer."""
+  c = model_cfg
+  return 2 * c.num_layers * c.num_kv_heads * c.head_dim * np.dtype(DTYPES[c.dtype]).itemsize
+
+
+def window_entries(spec: PHDSpec) -> int:
+  """Hidden K/V entries the SWA/CSWA window can reach from the next token (0: no window):
+  the window's W hidden tokens, or every hidden copy of W tokens with
+  window_unit="positions"."""
+  if spec.window == 0:
+    return 0
+  return spec.window if spec.window_unit == "tokens" else spec.window * (spec.k - 1)
+
+
+def hidden_window_bytes(model_cfg, spec: PHDSpec) -> int:
+  """SWA/CSWA's extra cache: the window's hidden K/V, a fixed size whatever the context."""
+  return window_entries(spec) * kv_bytes_per_token(model_cfg)
+
+
+def inference_memory_bytes(model_cfg, spec: PHDSpec, context: int) -> int:
+  """Parameters and the KV cache of one sequence of `context` tokens."""
+  return (PARAM_BYTES * parameter_count(model_cfg) + context * kv_bytes_per_token(model_cfg)
+          + hidden_window_bytes(model_cfg, spec))
+
+
+def _forward_flops(c, rows: int, pairs: int) -> float:
+  """A forward over `rows` copies with `pairs` visible attention pairs, every layer, and
+  the output layer on one row."""
+  return 2.0 * c.num_layers * (_block_weights(c) * rows + 2 * c.num_heads * c.head_dim * pairs) \
+      + 2.0 * c.d_model * c.vocab_size
+
+
+def decode_flops(model_cfg, spec: PHDSpec, context: int) -> float:
+  """Forward FLOPs of one decoding step: the K copies of the token at position `context`.
+
+  Its queries see all `context` originals, their own token's lower copies and (SWA/CSWA)
+  the earlier hidden copies in reach; the window reaches at most W tokens back in either
+  unit, so the rule is evaluated on those tokens alone.
+  """
+  k, pos = spec.k, context
+  same_token = k * (k + 1) // 2
+  window = 0
+  if spec.window:
+    q_copy = np.arange(1, k)[:, None]
+    k_pos = np.repeat(np.arange(max(0, pos - spec.window), pos), k - 1)[None]
+    k_copy = np.tile(np.arange(1, k), k_pos.size // (k - 1))[None]
+    window = int(visible(spec, pos, q_copy, k_pos, k_copy).sum())
+  return _forward_flops(model_cfg, k, k * context + same_token + window)
+
+
+def prefill_flops(model_cfg, spec: PHDSpec, prompt_len: int, hidden_tokens: int) -> float:
+  """Forward FLOPs a prefill must spend: every block on the T originals and on the K-1
+  hidden copies of the last `hidden_tokens` tokens, attention over the (query, key) pairs
+  the mask allows among those rows, the output layer on the last token only."""
+  rows = prompt_len + hidden_tokens * (spec.k - 1)
+  pairs = prompt_len * (prompt_len + 1) // 2  # the originals, causal
+  if spec.k > 1:  # hidden queries against the computed keys they may see, in row blocks
+    first = prompt_len - hidden_tokens
+    q_pos = np.repeat(np.arange(first, prompt_len), spec.k - 1)
+    q_copy = np.tile(np.arange(1, spec.k), hidden_tokens)
+    k_pos = np.concatenate([np.arange(prompt_len), q_pos])[None]
+    k_copy = np.concatenate([np.zeros(prompt_len, int), q_copy])[None]
+    for lo in range(0, len(q_pos), 512):
+      pairs += int(visible(spec, q_pos[lo:lo + 512, None], q_copy[lo:lo + 512, None], k_pos,
+                           k_copy).sum())
+  return _forward_flops(model_cfg, rows, pairs)

@@ -60,14 +60,16 @@ class RMSNorm(nnx.Module):
     reduce_axes = tuple(range(-self.scale.ndim, 0))
     x32 = x.astype(jnp.float32)
     inv_rms = jax.lax.rsqrt(jnp.mean(x32 * x32, axis=reduce_axes, keepdims=True) + self.eps)
-    return (x32 * inv_rms * self.scale[...]).astype(x.dtype)
+    scale = jax.lax.broadcast_to_rank(self.scale[...], x.ndim)
+    return (x32 * inv_rms * scale).astype(x.dtype)
 
 
 def rope(x_BTKHDh, positions_BTK, theta: float):
   """Rotary embedding (rotate-half convention) at integer positions, one per copy."""
   head_dim = x_BTKHDh.shape[-1]
   freq = theta ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
-  angle = positions_BTK[..., None, None].astype(jnp.float32) * freq  # [B, T, K, 1, Dh/2]
+  angle = jnp.multiply.outer(positions_BTK.astype(jnp.float32), freq)  # [B, T, K, Dh/2]
+  angle = angle[..., None, :]  # the same for every head
   sin, cos = jnp.sin(angle), jnp.cos(angle)
   x1, x2 = jnp.split(x_BTKHDh.astype(jnp.float32), 2, axis=-1)
   rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)

@@ -8,15 +8,17 @@
 processes: on TPU pods and under SLURM / Open MPI `jax.distributed` finds its peers
 itself; elsewhere pass --coordinator, --num_processes and --process_id.
 --dry_run validates the config exactly as training does (fields, mesh, shardings,
-tokenizer and dataset files) and prints the parameter count and the per-device memory of
-parameters + optimizer state, without writing, compiling or training. A bad flag or
-setting exits with status 2 and one line naming it.
+tokenizer, dataset, warm-start and task files) without writing, compiling or training; it
+prints the parameter count and the per-device memory of parameters + optimizer state
+before checking the files, so a model is sized before its data is downloaded. A bad flag,
+setting or file exits with status 2 and one line naming it.
 
 Rerunning the same command resumes: it prints "restored step N from ..." (or that the run
 is already complete), and refuses with one line (status 1) while another run holds the
 workdir, when the config would change the experiment (--allow_config_change resumes
 anyway), or when checkpoints exist but none reads back (--allow_restart starts over).
-A full disk ends the run with one line naming the file that could not be written.
+A full disk, a read-only one or a workdir that cannot be written (a file, under /proc, no
+permission) ends the run with one line naming the path.
 """
 
 from __future__ import annotations
@@ -64,34 +66,41 @@ def usage_error(message: str, status: int = 2) -> None:
   sys.exit(status)
 
 
-def _disk_full_path(error: BaseException) -> str | None:
-  """The file a full disk refused, named by an OSError (ENOSPC) or TensorStore's message
-  anywhere in the exception's chain ("" when none names it); None if it is not ENOSPC."""
-  found, seen = None, set()
-  while error is not None and id(error) not in seen:
+# The file system's refusals of a write (a full disk, read-only, no permission, a workdir that
+# is a file or cannot exist): each ends the run with one line naming the path.
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                 errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOENT)
+# Those TensorStore (Orbax's writer threads) reports in words rather than as an OSError.
+_WRITE_MESSAGES = {os.strerror(code): code
+                   for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)}
+
+
+def _write_failure(error: BaseException) -> tuple[str, int] | None:
+  """(path, errno) of a refused write named by an OSError or TensorStore's message anywhere
+  in the exception's chain (path "" when none names it); None if there is none."""
+  code, path, seen = None, "", set()
+  while error is not None and id(error) not in seen and not path:
     seen.add(id(error))
-    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-      found = error.filename or found or ""
-    elif "No space left on device" in str(error):
+    if isinstance(error, OSError) and error.errno in _WRITE_ERRNOS:
+      code, path = code or error.errno, str(error.filename or "")
+    elif words := next((w for w in _WRITE_MESSAGES if w in str(error)), None):
       match = re.search(r'(?:Failed writing:|local file) "([^"]+)"', str(error))
-      found = (match[1] if match else "") or found or ""
-    if found:
-      return found
+      code, path = code or _WRITE_MESSAGES[words], match[1] if match else ""
     error = error.__cause__ or error.__context__
-  return found
+  return None if code is None else (path, code)
 
 
-class _DropDiskFull(py_logging.Filter):
-  """Drops log records about a full disk: the run reports it once, in one line."""
+class _DropWriteFailures(py_logging.Filter):
+  """Drops log records about a refused write: the run reports it once, in one line."""
 
   def filter(self, record):
     text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
-    return "No space left on device" not in text
+    return not any(words in text for words in _WRITE_MESSAGES)
 
 
 @contextlib.contextmanager
-def _quiet_disk_full():
-  handlers, drop = py_logging.getLogger().handlers, _DropDiskFull()
+def _quiet_write_failures():
+  handlers, drop = py_logging.getLogger().handlers, _DropWriteFailures()
   for handler in handlers:
     handler.addFilter(drop)
   try:
@@ -101,12 +110,17 @@ def _quiet_disk_full():
       handler.removeFilter(drop)
 
 
-def _exit_disk_full(path: str) -> None:
+def _exit_write_failure(path: str, code: int) -> None:
   """One line, then exit at once: Orbax's writer threads, failing one after another,
   would otherwise print a traceback each while the interpreter shuts down."""
   where = path or f"under {FLAGS.workdir}"
-  print(f"phd_jax.main: error: no space left on device writing {where}; free space and "
-        "rerun the same command to resume from the last checkpoint", file=sys.stderr)
+  if code in (errno.ENOSPC, errno.EDQUOT):
+    problem = (f"{os.strerror(code).lower()} writing {where}; free space and rerun the same "
+               "command to resume from the last checkpoint")
+  else:
+    problem = (f"cannot write {where}: {os.strerror(code)}; --workdir must be a directory "
+               "this run can write")
+  print(f"phd_jax.main: error: {problem}", file=sys.stderr)
   sys.stdout.flush()
   sys.stderr.flush()
   os._exit(1)  # pylint: disable=protected-access
@@ -200,24 +214,27 @@ def main(argv) -> None:
   warn_if_cpu_only()
   config = FLAGS.config
   try:
-    config_lib.validate(config)
+    config_lib.validate(config, files=not FLAGS.dry_run)
     mesh = sharding.make_mesh(config)
     if jax.process_index() == 0:
       print(describe_devices(mesh), flush=True)
     if FLAGS.dry_run:
-      _dry_run(config, mesh)
+      _dry_run(config, mesh)  # sizes need no data: printed even when files are missing
+      sys.stdout.flush()
+      config_lib.check_files(config)
+      train.check_warm_start(config)
       return
-    with _quiet_disk_full():
-      final = train.train(config, FLAGS.workdir, allow_restart=FLAGS.allow_restart,
+    with _quiet_write_failures():
+      final = train.train(config, FLAGS.workdir, mesh=mesh, allow_restart=FLAGS.allow_restart,
                           allow_config_change=FLAGS.allow_config_change)
   except config_lib.ConfigError as e:
     usage_error(str(e))
   except workdir_lib.RunRefused as e:
     usage_error(str(e), status=1)
   except Exception as e:  # pylint: disable=broad-except
-    if (path := _disk_full_path(e)) is None:
+    if (failure := _write_failure(e)) is None:
       raise
-    _exit_disk_full(path)
+    _exit_write_failure(*failure)
   if jax.process_index() == 0:
     print(closing_line(final, config, FLAGS.workdir), flush=True)
 

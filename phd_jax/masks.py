@@ -29,7 +29,6 @@ import numpy as np
 
 WINDOW_UNITS = ("tokens", "positions")
 POSITION_MODES = ("shared", "expanded")
-_INFINITE = ("∞", "inf")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,10 +64,6 @@ class PHDSpec:
   @property
   def name(self) -> str:
     return variant_name(self)
-
-  @classmethod
-  def from_name(cls, name: str, **kwargs) -> "PHDSpec":
-    return parse_variant(name, **kwargs)
 
 
 def _check_int(field: str, value, minimum: int) -> None:
@@ -114,6 +109,13 @@ def _array_module(*arrays):
   return jnp if any(isinstance(a, jax.Array) for a in arrays) else np
 
 
+def _broadcast(xp, *arrays):
+  """`arrays` broadcast to one shape explicitly (jax.numpy may be set to refuse implicit
+  rank promotion); None stays None."""
+  given = iter(xp.broadcast_arrays(*(a for a in arrays if a is not None)))
+  return [None if a is None else next(given) for a in arrays]
+
+
 def visible(spec: PHDSpec, q_pos, q_copy, k_pos, k_copy, q_chunk_pos=None, k_chunk_pos=None):
   """Whether copy `q_copy` of the token at `q_pos` may attend to copy `k_copy` at `k_pos`.
 
@@ -123,6 +125,9 @@ def visible(spec: PHDSpec, q_pos, q_copy, k_pos, k_copy, q_chunk_pos=None, k_chu
   caller's business. `phd_mask`, the structured hidden band and cached decoding all
   evaluate exactly this rule.
   """
+  xp = _array_module(q_pos, q_copy, k_pos, k_copy, q_chunk_pos, k_chunk_pos)
+  q_pos, q_copy, k_pos, k_copy, q_chunk_pos, k_chunk_pos = _broadcast(
+      xp, q_pos, q_copy, k_pos, k_copy, q_chunk_pos, k_chunk_pos)
   allowed = ((k_copy == 0) & (k_pos < q_pos)) | ((k_pos == q_pos) & (k_copy <= q_copy))
   if spec.window:
     if spec.window_unit == "tokens":  # distance in the hidden stream
@@ -155,7 +160,8 @@ def phd_mask(num_tokens: int, k: int, window: int = 0, chunk: int | None = None,
                     None if chunk_pos is None else chunk_pos[..., None, :])
   if segment_ids is not None:
     seg = xp.repeat(segment_ids, k, axis=-1)
-    allowed = allowed & (seg[..., :, None] == seg[..., None, :])
+    allowed, same_segment = _broadcast(xp, allowed, seg[..., :, None] == seg[..., None, :])
+    allowed = allowed & same_segment
   return allowed
 
 

@@ -57,6 +57,8 @@ LAYERS = "layers"  # logical name of the stacked parameters' leading axis
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
+  """The decoder's settings: a config's `model` fields, whose defaults are these
+  (`phd_jax.defaults` adds only the shape)."""
   vocab_size: int
   d_model: int
   num_layers: int
@@ -66,15 +68,15 @@ class ModelConfig:
   mlp_dim: int  # hidden size of each of the gate and up projections
   rope_theta: float = 500_000.0
   norm_eps: float = 1e-6
-  norm_style: str = "reordered"
+  norm_style: str = "reordered"  # OLMo2 norms after each sublayer; "pre": Llama-style
   qk_norm: bool = True
-  qk_norm_per_head: bool = False  # Qwen3; OLMo2 norms q and k across all heads
+  qk_norm_per_head: bool = False  # True: each head's q and k normed alone (Qwen3)
   tie_embeddings: bool = False
   init_std: float = 0.02
-  dtype: str = "float32"  # compute dtype; parameters stay float32
-  attention_impl: str = "auto"
-  remat: str = "none"
-  scan_layers: bool = True  # stacked parameters run by lax.scan; False: a Python loop
+  dtype: str = "float32"  # compute dtype: float32 or bfloat16 (parameters stay float32)
+  attention_impl: str = "auto"  # see phd_jax/attention/__init__.py
+  remat: str = "none"  # none | full | dots: activation rematerialisation per block
+  scan_layers: bool = True  # one program whatever the depth; False: a Python loop (debugging)
 
 
 def copy_positions(spec: PHDSpec, positions_BT):
@@ -82,7 +84,7 @@ def copy_positions(spec: PHDSpec, positions_BT):
   copies = jnp.arange(spec.k)
   if spec.positions == "shared":
     return jnp.broadcast_to(positions_BT[..., None], (*positions_BT.shape, spec.k))
-  return positions_BT[..., None] * spec.k + copies
+  return jnp.add.outer(positions_BT * spec.k, copies)
 
 
 class Attention(nnx.Module):

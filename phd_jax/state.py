@@ -104,7 +104,7 @@ def load_model(path, mesh=None, *, config=None) -> LoadedModel:
   """
   folder = checkpoint.resolve(path)
   if config is None:
-    config = checkpoint.load_config(folder)
+    config = checkpoint.saved_config(folder)
   if mesh is None:
     mesh = sharding.make_mesh(config, jax.devices()[:1], sizes=(1, 1, 1))
   elif not isinstance(mesh, Mesh):

@@ -8,7 +8,9 @@ A variant is a PHD name (Vanilla, PHD-K, PHD-SWA-K-W-∞, PHD-CSWA-K-W-C), optio
 followed by `@field=value` settings for that variant only: `Vanilla@num_steps=1200` is a
 compute-matched baseline, `Vanilla@model.num_layers=4` a deeper one. `--config.*` settings
 apply to every run (the variant's own settings win). Each run trains in
-`DIR/<variant>/seed<N>` with `python -m phd_jax.main`, its output in `train.log` there.
+`DIR/<variant>/seed<N>` with `python -m phd_jax.main`, its output in `train.log` there
+(a '/' in the variant, as in `Vanilla@data.data_dir=/mnt/x`, is written `%2F` in the
+folder's name, so every run stays one folder below DIR).
 
 A run whose `sweep_status.json` says "done" is skipped; any other (interrupted, failed)
 is started again and resumes from its newest checkpoint. A failed run does not stop the
@@ -63,6 +65,13 @@ def parse_spec(spec: str) -> tuple[str, tuple[str, ...]]:
       raise ValueError(f"--variants: {spec!r}: settings after '@' must look like "
                        f"'field=value'; got {setting!r}")
   return variant, tuple(settings)
+
+
+def run_folder(spec: str) -> str:
+  """The folder of a variant's runs, named by its spec: a '/' in a setting's value would
+  make it a path (`x=../..` one outside the sweep), so '/' is written %2F, and '%' %25
+  first, so that two specs never share a folder."""
+  return spec.replace("%", "%25").replace("/", "%2F")
 
 
 def _set(config, setting: str, where: str) -> None:
@@ -120,23 +129,38 @@ def plan(config_path: str, variants: str, seeds: str, workdir: str,
       config_lib.validate(config)
     except ValueError as e:
       raise ValueError(f"--variants: {spec!r}: {e}") from None
-    runs += [Run(spec, variant, settings, seed, os.path.join(workdir, spec, f"seed{seed}"),
+    folder = os.path.join(workdir, run_folder(spec))
+    runs += [Run(spec, variant, settings, seed, os.path.join(folder, f"seed{seed}"),
                  config.num_steps) for seed in seed_list]
   return runs
 
 
 def read_status(run_workdir: str) -> dict | None:
+  """The run's sweep_status.json; None when there is none, or (with one warning line) when
+  it is not a JSON object, e.g. empty or cut short by a crash: the run is not done then,
+  and training it again resumes from its checkpoints."""
   path = os.path.join(run_workdir, STATUS_FILE)
   if not os.path.isfile(path):
     return None
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path, encoding="utf-8") as f:
+      status = json.load(f)
+    problem = None if isinstance(status, dict) else f"a JSON {type(status).__name__}"
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    problem = f"not JSON ({e})"
+  if problem:
+    print(f"warning: {path} is damaged: {problem}; the run is resumed", file=sys.stderr,
+          flush=True)
+    return None
+  return status
 
 
 def _write_status(run_workdir: str, status: dict) -> None:
   path = os.path.join(run_workdir, STATUS_FILE)
-  with open(path + ".tmp", "w") as f:
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
     json.dump(status, f, indent=2)
+    f.flush()
+    os.fsync(f.fileno())  # a rename that reaches the disk before the data leaves it empty
   os.replace(path + ".tmp", path)  # never a half-written status
 
 
@@ -148,11 +172,12 @@ def saved_step(run_workdir: str) -> int | None:
   return max(steps, default=None)
 
 
-def execute(run: Run, command: list[str]) -> dict:
+def execute(run: Run, command: list[str], previous: dict | None) -> dict:
   """Train one run (resuming it), its output appended to its train.log; returns its
-  status, also written to its sweep_status.json."""
+  status, also written to its sweep_status.json, which counts on from `previous` (the
+  status read before, if any)."""
   os.makedirs(run.workdir, exist_ok=True)
-  previous = read_status(run.workdir) or {}
+  previous = previous or {}
   start = time.time()
   with open(os.path.join(run.workdir, LOG_FILE), "a") as log:
     log.write(f"$ {shlex.join(command)}\n")
@@ -201,11 +226,12 @@ def main(argv=None) -> int:
   failed = []
   for i, run in enumerate(runs, 1):
     name = f"[{i}/{len(runs)}] {run.spec} seed {run.seed}"
-    if (read_status(run.workdir) or {}).get("status") == "done":
+    previous = read_status(run.workdir)
+    if (previous or {}).get("status") == "done":
       print(f"{name}: done already, skipped", flush=True)
       continue
     print(f"{name}: training in {run.workdir}", flush=True)
-    status = execute(run, run.command(args.config, rest, sys.executable))
+    status = execute(run, run.command(args.config, rest, sys.executable), previous)
     print(f"{name}: {status['status']} (exit {status['returncode']}, "
           f"{status['wall_s']:.0f} s)", flush=True)
     if status["status"] != "done":

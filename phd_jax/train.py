@@ -2,12 +2,14 @@
 
 The step is one `jax.jit` with the state's shardings (`phd_jax.state`) in and out and the
 old state donated; it scans over microbatches (gradient accumulation equal to the whole
-batch) and applies AdamW. The loop validates the config before it writes or builds
-anything and locks the workdir (`phd_jax.workdir`), then resumes from the newest
-checkpoint that reads back whole (setting damaged ones aside) after comparing configs, or
-starts fresh. The data pipeline, the evaluation suite and the Hugging Face import are
-imported where they are used, so that the train step needs only JAX, Flax and Optax (the
-accelerator check runs on images without grain or TensorFlow Datasets).
+batch) and applies AdamW. `setup` assembles it with its mesh, a fresh state and the batch
+placement: the trainer, the benchmarks and the tests all build their steps there. The loop
+validates the config before it writes or builds anything (unless `main` did) and locks the
+workdir (`phd_jax.workdir`), then resumes from the newest checkpoint that reads back whole
+(setting damaged ones aside) after comparing configs, or starts fresh. The data
+pipeline, the evaluation suite and the Hugging Face import are imported where they are
+used, so that the train step needs neither grain nor TensorFlow Datasets (the accelerator
+check runs on images without them).
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
-from etils import epath
 from flax import nnx
+from jax.sharding import Mesh
 
 from phd_jax import checkpoint, sharding
 from phd_jax import config as config_lib
@@ -104,13 +108,43 @@ def make_train_step(config, mesh, gdef) -> TrainStep:
   return TrainStep(jitted, mesh)
 
 
-def global_batch(local_batch: dict, mesh, config) -> dict:
-  """This process's rows -> global `[batch_size, seq_len]` arrays sharded over the mesh."""
-  shape = (config.batch_size, config.seq_len)
-  batch_sharding = sharding.batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(local_batch[k]),
-                                                    shape)
-          for k in BATCH_KEYS}
+class TrainSetup(NamedTuple):
+  """What a train step needs, assembled once by `setup`: the trainer, the benchmarks and
+  the tests all build their steps through it."""
+  config: ml_collections.ConfigDict
+  mesh: Mesh
+  gdef: nnx.GraphDef
+  step: TrainStep
+
+  def init(self) -> TrainState:
+    """A fresh state, each array created directly on its shards."""
+    return init_state(self.config, self.mesh)[1]
+
+  def global_batch(self, local_batch: dict) -> dict:
+    """This process's rows -> global `[batch_size, seq_len]` arrays sharded over the mesh."""
+    shape = (self.config.batch_size, self.config.seq_len)
+    batch_sharding = sharding.batch_sharding(self.mesh)
+    return {k: jax.make_array_from_process_local_data(batch_sharding,
+                                                      np.asarray(local_batch[k]), shape)
+            for k in BATCH_KEYS}
+
+  def abstract_batch(self) -> dict:
+    """A global batch's shapes and shardings: lowering the step needs no data."""
+    batch_sharding = sharding.batch_sharding(self.mesh)
+    return {k: jax.ShapeDtypeStruct((self.config.batch_size, self.config.seq_len), jnp.int32,
+                                    sharding=batch_sharding)
+            for k in BATCH_KEYS}
+
+
+def setup(config, mesh: Mesh | None = None) -> TrainSetup:
+  """The train step of `config` on `mesh` (default: the config's over all devices).
+
+  `config` has passed `config.validate` already: each launch validates once (`main`,
+  `train`, each benchmark's config), before anything is built.
+  """
+  mesh = sharding.make_mesh(config) if mesh is None else mesh
+  gdef = graphdef(config)
+  return TrainSetup(config, mesh, gdef, make_train_step(config, mesh, gdef))
 
 
 def check_finite(step: int, metrics: dict) -> None:
@@ -124,37 +158,64 @@ def check_finite(step: int, metrics: dict) -> None:
 def _resume(config, mesh, ckpt, batches, allow_config_change: bool):
   """(state, folder) of the newest checkpoint that reads back whole, or (None, None).
 
-  A step that fails to read is set aside (`<step>.corrupt`) and the previous one is tried.
-  Each step's saved config is compared with `config` first (`workdir.check_config_changes`).
+  A step that fails to read back as written is set aside (`<step>.corrupt`) and the
+  previous one is tried. Each step's saved config is compared with `config` first
+  (`workdir.check_config_changes`).
   """
-  while (step := ckpt.latest_step()) is not None:
-    folder = ckpt.directory / str(step)
-    try:
-      workdir_lib.check_config_changes(ckpt.saved_config(step), config, f"step {step} in "
-                                       f"{ckpt.directory}", allow_config_change)
-      state, data_state = ckpt.restore(abstract_state(config, mesh), step)
-    except checkpoint.DamagedCheckpoint as e:
-      ckpt.set_aside(step, str(e))
-      continue
-    batches.set_state(data_state)
-    return state, folder
-  return None, None
+  def read(folder):
+    step = int(folder.name)
+    workdir_lib.check_config_changes(ckpt.saved_config(step), config, f"step {step} in "
+                                     f"{ckpt.directory}", allow_config_change)
+    return ckpt.restore(abstract_state(config, mesh), step)
+
+  newest_first = (ckpt.directory / str(step) for step in iter(ckpt.latest_step, None))
+  found = checkpoint.newest_readable(newest_first, read, lambda folder, error: ckpt.set_aside(
+      int(folder.name), str(error)))
+  if found is None:
+    return None, None
+  folder, (state, data_state) = found
+  batches.set_state(data_state)
+  return state, folder
 
 
-def _init(config, mesh):
+def check_warm_start(config) -> None:
+  """`checkpoint.warm_start` (read only when training starts fresh): a phd_jax checkpoint
+  that exists, or `hf:DIR` holding a transformers model of the config's shape. A
+  ConfigError naming the field otherwise; `train` and the dry run check it before anything
+  is written or compiled."""
+  path = config.checkpoint.warm_start
+  if not path:
+    return
+  from phd_jax import hf  # pylint: disable=import-outside-toplevel
+  from phd_jax.hf import weights  # pylint: disable=import-outside-toplevel
+  try:
+    if path.startswith(hf.WARM_START_PREFIX):
+      hf_dir = path.removeprefix(hf.WARM_START_PREFIX)
+      hf.check_model_fields(config, hf_dir)  # config.json: present, and the model's shape
+      weights.shard_names(hf_dir)  # the safetensors files it names
+    else:
+      checkpoint.resolve(path)
+  except (OSError, ValueError) as e:
+    # checkpoint.* may change on resume (workdir.HARMLESS_FIELDS), hence the remedy
+    raise config_lib.ConfigError(
+        f"checkpoint.warm_start={path!r}: {e}; a run resuming from its own checkpoints does "
+        "not need it: --config.checkpoint.warm_start=''") from None
+
+
+def _init(training: TrainSetup) -> TrainState:
   """A fresh state, warm-started from another run or a transformers model if asked."""
-  gdef, state = init_state(config, mesh)
+  config, state = training.config, training.init()
   warm_start = config.checkpoint.warm_start
   if not warm_start:
-    return gdef, state
+    return state
   from phd_jax import hf  # pylint: disable=import-outside-toplevel
   if warm_start.startswith(hf.WARM_START_PREFIX):  # a transformers model
     hf_dir = warm_start.removeprefix(hf.WARM_START_PREFIX)
     state = state.replace(params=hf.load_params(hf_dir, config, like=state.params))
   else:
-    warm = load_model(warm_start, mesh, config=config)
+    warm = load_model(warm_start, training.mesh, config=config)
     state = state.replace(params=nnx.state(warm.model, nnx.Param))
-  return gdef, state
+  return state
 
 
 def _evaluate(config, mesh, gdef, params, tasks) -> dict:
@@ -164,9 +225,12 @@ def _evaluate(config, mesh, gdef, params, tasks) -> dict:
   return {name.removeprefix("eval/"): value for name, value in metrics.items()}
 
 
-def train(config, workdir: str, *, allow_restart: bool = False,
+def train(config, workdir: str, *, mesh: Mesh | None = None, allow_restart: bool = False,
           allow_config_change: bool = False) -> dict:
   """Train `config` in `workdir`, resuming from its checkpoints.
+
+  `mesh` comes from a caller that validated `config` (`main`); without one, `config` is
+  validated here and trains on its mesh over all devices.
 
   Returns the last logged metrics with `step`, `status` ("trained", "preempted", or
   "complete": nothing left to train) and `restored` (the folder resumed from, or None).
@@ -174,20 +238,31 @@ def train(config, workdir: str, *, allow_restart: bool = False,
   the experiment (unless `allow_config_change`), or when checkpoints exist but none reads
   back (unless `allow_restart`: then it starts over from step 0).
   """
-  config_lib.validate(config)  # before anything is written or compiled
-  mesh = sharding.make_mesh(config)
+  if mesh is None:
+    config_lib.validate(config)  # before anything is written or compiled
+  check_warm_start(config)
+  training = setup(config, mesh)
   with workdir_lib.ProcessZeroLock(workdir), contextlib.ExitStack() as closing:
-    return _train_locked(config, workdir, mesh, closing, allow_restart, allow_config_change)
+    return _train_locked(training, workdir, closing, allow_restart, allow_config_change)
 
 
-def _train_locked(config, workdir, mesh, closing, allow_restart, allow_config_change) -> dict:
+def _train_locked(training: TrainSetup, workdir, closing, allow_restart,
+                  allow_config_change) -> dict:
   from phd_jax import data  # pylint: disable=import-outside-toplevel
+  config, mesh, gdef = training.config, training.mesh, training.gdef
   profile = config_lib.profile_range(config)
   eval_tasks = ("loss",) + config_lib.eval_task_names(config) if config.eval_every else ()
   main_process = jax.process_index() == 0
   ckpt = closing.enter_context(checkpoint.Checkpointer(workdir, config))
-  batches = data.make_iterator(config, split="train")
+  try:
+    batches = data.make_iterator(config, split="train")
+  except ValueError as e:  # data.train_tokens beyond the split: known once it is tokenized
+    raise config_lib.ConfigError(str(e)) from None
   closing.callback(batches.close)
+  restriction = batches.restriction  # data.train_tokens: the train split's first documents
+  config.data.train_tokens_exact = restriction.tokens if restriction else 0  # config.json's
+  if main_process and restriction:
+    print(restriction, flush=True)
   state, restored = _resume(config, mesh, ckpt, batches, allow_config_change)
   if state is None and (aside := ckpt.set_aside_folders()) and not allow_restart:
     raise workdir_lib.RunRefused(
@@ -197,11 +272,10 @@ def _train_locked(config, workdir, mesh, closing, allow_restart, allow_config_ch
     workdir_lib.write_config(workdir, config)
     if restored is not None:
       print(f"restored step {int(state.step)} from {restored}", flush=True)
-  gdef, state = (graphdef(config), state) if state is not None else _init(config, mesh)
+  state = state if state is not None else _init(training)
   start = int(state.step)
   if start >= config.num_steps:
     return {"step": start, "status": "complete", "restored": restored}
-  train_step = make_train_step(config, mesh, gdef)
   writer = Writer(workdir, enabled=main_process)
   closing.callback(writer.close)
   writer.write_hparams(config_lib.flat_fields(config))
@@ -223,6 +297,8 @@ def _train_locked(config, workdir, mesh, closing, allow_restart, allow_config_ch
       logged = {"loss": loss, "perplexity": float(np.exp(min(loss, 80.0))),
                 "grad_norm": float(np.mean([m["grad_norm"] for m in interval])),
                 "lr": float(host["lr"]), **progress.measure(step)}
+      if restriction:  # a pure function of the step: equal after a resume
+        logged["epochs"] = restriction.epochs(step, config.batch_size * config.seq_len)
       interval.clear()
       writer.write(step, logged)
       progress.print(step, logged)
@@ -236,7 +312,7 @@ def _train_locked(config, workdir, mesh, closing, allow_restart, allow_config_ch
       if profile and step == profile.start:
         jax.profiler.start_trace(os.path.join(workdir, "profile"))
         tracing = True
-      state, metrics = train_step(state, global_batch(next(batches), mesh, config))
+      state, metrics = training.step(state, training.global_batch(next(batches)))
       done = step + 1
       if pending:
         record(*pending)

@@ -14,11 +14,14 @@ checkpoint's config. Fields in `HARMLESS_FIELDS` (logging, evaluation, checkpoin
 mesh, memory/speed settings) may change; any other change (variant, model shape,
 seq_len, batch_size, data, seed, optimizer and num_steps, which moves the LR schedule)
 makes it another experiment and is refused unless asked for. Before config.json is
-replaced by a different config, it is kept as `config.<time it was written>.json`.
+replaced by a different config, it is kept as `config.<time it was written>.json`. Both,
+and the lock's heartbeats, are written whole (`write_atomically`): a kill or a full disk
+midway leaves the previous file, never half of one.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -77,7 +80,10 @@ def _describe(holder: dict) -> str:
 
 
 def _stale_reason(holder: dict) -> str | None:
-  """Why the lock of `holder` no longer holds, or None when its run may still be alive."""
+  """Why the lock of `holder` ({} for an empty or unreadable file) no longer holds, or None
+  when its run may still be alive."""
+  if not holder:
+    return "the file is empty or unreadable (its creator died before writing it)"
   if holder.get("host") == socket.gethostname() and not _alive(holder.get("pid", -1),
                                                                holder.get("process_start")):
     return "its process is gone"
@@ -116,19 +122,29 @@ class WorkdirLock:
       return False
     self.path.write_text(self._record())
     time.sleep(REMOTE_SETTLE_S)  # a concurrent writer's file replaces ours meanwhile
-    return self._read().get("token") == self._holder["token"]
+    return self._holds()
 
-  def _read(self) -> dict:
+  def _holds(self) -> bool:
+    return (self._read() or {}).get("token") == self._holder["token"]
+
+  def _read(self) -> dict | None:
+    """The holder's record; None when there is no lock, {} when it cannot be read."""
     try:
-      return json.loads(self.path.read_text())
+      record = json.loads(self.path.read_text())
     except FileNotFoundError:
-      return {}
+      return None
     except ValueError:  # empty: its creator died between creating and writing it
-      return {"heartbeat": 0}
+      return {}
+    return record if isinstance(record, dict) else {}
 
   def acquire(self) -> WorkdirLock:
-    """Take the lock, taking over a stale one; RunRefused naming a live holder."""
-    self.path.parent.mkdir(parents=True, exist_ok=True)
+    """Take the lock, taking over a stale one; RunRefused naming a live holder, OSError
+    when the workdir cannot be written."""
+    try:
+      self.path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # a file of that name; os.makedirs would say "File exists"
+      raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR),
+                               str(self.path.parent)) from None
     for _ in range(3):  # another starter may take over a stale lock at the same time
       if self._create():
         self._thread = threading.Thread(target=self._heartbeat, daemon=True,
@@ -136,7 +152,7 @@ class WorkdirLock:
         self._thread.start()
         return self
       holder = self._read()
-      if not holder:
+      if holder is None:
         continue  # released meanwhile
       reason = _stale_reason(holder)
       if reason is None:
@@ -144,23 +160,18 @@ class WorkdirLock:
             f"{self.path.parent} is in use by another training run: {_describe(holder)}. "
             f"Wait for it to finish, or if it is dead, delete {self.path} (it also expires "
             f"{STALE_S:.0f} s after its last heartbeat)")
-      logging.warning("Taking over the lock %s of %s: %s.", self.path, _describe(holder), reason)
+      held_by = f" of {_describe(holder)}" if holder else ""
+      logging.warning("Taking over the lock %s%s: %s.", self.path, held_by, reason)
       self.path.unlink(missing_ok=True)
     raise RunRefused(f"could not take the lock {self.path}: other runs keep taking it")
 
   def _refresh(self):
-    """Rewrite the heartbeat; locally through a rename, so no reader sees half a file."""
-    if self._remote:  # object writes are atomic
-      self.path.write_text(self._record())
-      return
-    tmp = self.path.parent / f".{LOCK_FILE}.{self._holder['token']}"
-    tmp.write_text(self._record())
-    os.replace(tmp, self.path)
+    write_atomically(self.path, self._record())
 
   def _heartbeat(self):
     while not self._stop.wait(HEARTBEAT_S):
       try:
-        if self._read().get("token") == self._holder["token"]:
+        if self._holds():
           self._refresh()
       except OSError as e:  # e.g. a full disk: the run itself reports it
         logging.warning("Could not refresh the lock %s: %s", self.path, e)
@@ -172,7 +183,7 @@ class WorkdirLock:
     self._thread.join()
     self._thread = None
     try:
-      if self._read().get("token") == self._holder["token"]:
+      if self._holds():
         self.path.unlink(missing_ok=True)
     except OSError as e:
       logging.warning("Could not remove the lock %s: %s", self.path, e)
@@ -191,14 +202,18 @@ class ProcessZeroLock:
     self._lock = WorkdirLock(workdir) if jax.process_index() == 0 else None
 
   def __enter__(self):
-    refusal = ""
+    refusal, error = "", None
     if self._lock is not None:
       try:
         self._lock.acquire()
       except RunRefused as e:
         refusal = str(e)
+      except OSError as e:  # raised as it is (the run names the path), once all know it
+        refusal, error = f"process 0 could not write {self._lock.path}: {e}", e
     if jax.process_count() > 1:
       refusal = _broadcast_text(refusal)
+    if error is not None:
+      raise error
     if refusal:
       raise RunRefused(refusal)
     return self
@@ -261,6 +276,22 @@ def check_config_changes(saved, config, where: str, allow: bool) -> None:
         f"experiment; use a new --workdir, or pass --allow_config_change to resume anyway")
 
 
+def write_atomically(path, text: str) -> None:
+  """Write `text` to `path` so that no reader, kill or full disk midway leaves half of it:
+  locally a temporary file renamed over `path`; object stores (gs://) write whole objects."""
+  path = epath.Path(path)
+  if "://" in str(path):
+    path.write_text(text)
+    return
+  tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+  try:
+    tmp.write_text(text)
+    os.replace(tmp, path)
+  except BaseException:
+    tmp.unlink(missing_ok=True)
+    raise
+
+
 def write_config(workdir, config) -> None:
   """Write config.json, first keeping a different earlier one as config.<its time>.json."""
   path = epath.Path(workdir) / "config.json"
@@ -274,6 +305,6 @@ def write_config(workdir, config) -> None:
     suffix = 1
     while kept.exists():
       kept, suffix = path.parent / f"config.{written}-{suffix}.json", suffix + 1
-    kept.write_text(old)
-  path.write_text(text)
+    write_atomically(kept, old)
+  write_atomically(path, text)
 

@@ -3,14 +3,11 @@
 
 import json
 import os
-import pathlib
 
-from phd_jax import config as config_lib
 from phd_jax.eval.tasks import TASKS
+from run_helpers import REPO_ROOT, small_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-REAL_EVAL_DATA = os.path.join(ROOT, "..", "shared", "eval_data")
+REAL_EVAL_DATA = os.path.join(REPO_ROOT, "..", "shared", "eval_data")
 
 
 def write_task(data_dir, name, records):
@@ -36,14 +33,8 @@ def eval_data_dir(tmp_path) -> str:
   return str(tmp_path / "eval_data")
 
 
-def small_config(variant="PHD-CSWA-2-2-4"):
-  """The tiny config shrunk further: byte tokens, synthetic validation data, a (2, 2, 2)
-  training mesh."""
-  c = config_lib.load_config(REPO_ROOT / "configs" / "tiny.py", variant)
-  c.model.update(d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
-                 mlp_dim=64)
-  c.update(seq_len=64, batch_size=8, eval_batches=2)
-  c.data.source = "synthetic"
-  c.mesh.update(data=2, fsdp=2, tensor=2)
-  c.checkpoint.async_save = False
-  return c
+def eval_config(variant="PHD-CSWA-2-2-4"):
+  """The small config with byte tokens (the tasks' text), 64-token synthetic validation
+  sequences and a (2, 2, 2) mesh."""
+  return small_config(variant, mesh=(2, 2, 2), seq_len=64, eval_batches=2,
+                      **{"model.vocab_size": 384, "checkpoint.async_save": False})

@@ -2,15 +2,17 @@
 Hugging Face tests feed to them and to phd_jax."""
 
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
+import tokenizers
 import torch
 import transformers
 
-from phd_jax import config as config_lib
 from phd_jax import hf
+from run_helpers import REPO_ROOT, tiny_config
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 ARCHITECTURES = {
     "olmo2": (transformers.Olmo2ForCausalLM, transformers.Olmo2Config, {}),
     "llama": (transformers.LlamaForCausalLM, transformers.LlamaConfig, {}),
@@ -45,7 +47,7 @@ def save_tiny(kind: str, directory, **save_options) -> pathlib.Path:
 
 def phd_config(hf_dir, variant: str = "Vanilla", **phd_fields):
   """configs/tiny.py with the model fields of the HF checkpoint in `hf_dir`."""
-  config = config_lib.load_config(REPO_ROOT / "configs" / "tiny.py", variant)
+  config = tiny_config(variant)
   config.model.update(hf.model_fields(hf.read_config(hf_dir)))
   config.phd.update(phd_fields)
   return config
@@ -60,3 +62,18 @@ def padded_batch(seed: int = 0, length: int = 12):
   mask[2, length - 5:] = 0
   positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
   return tokens, mask, positions
+
+
+def write_tokenizer_json(path):
+  """A word-level tokenizer.json over the tiny vocabulary, `<|endoftext|>` its last id."""
+  vocab = {f"t{i}": i for i in range(VOCAB - 1)} | {"<|endoftext|>": VOCAB - 1}
+  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="t0"))
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+  tok.add_special_tokens(["<|endoftext|>"])
+  tok.save(str(path))
+
+
+def convert(*args) -> subprocess.CompletedProcess:
+  """`python -m phd_jax.convert ARGS` as a user runs it (exit code, stdout, stderr)."""
+  return subprocess.run([sys.executable, "-m", "phd_jax.convert", *map(str, args)],
+                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)

@@ -17,7 +17,6 @@ that changes those functions fails CI:
 """
 
 import re
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -32,8 +31,8 @@ from phd_jax.attention.cudnn import cudnn_attention
 from phd_jax.decode import engine
 from phd_jax.decode.cache import init_cache
 from phd_jax.masks import parse_variant
+from run_helpers import tiny_config
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 MESH = AbstractMesh((2, 2, 2), sharding.AXES, axis_types=(AxisType.Auto,) * 3)
 B, T = 4, 256
 
@@ -45,7 +44,7 @@ def on_tpu(monkeypatch):
 
 
 def _config():
-  c = config_lib.load_config(REPO_ROOT / "configs" / "tiny.py", "PHD-CSWA-2-16-32")
+  c = tiny_config("PHD-CSWA-2-16-32")
   c.model.update(vocab_size=256, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2,
                  head_dim=32, mlp_dim=128, dtype="bfloat16", attention_impl="auto")
   c.update(seq_len=T, batch_size=B)

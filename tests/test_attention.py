@@ -152,6 +152,7 @@ def test_split_merge_bfloat16_gradients_are_as_exact_as_structured():
     assert got <= bound, (name, got, bound)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k,variant,dtype,packed", [
     (3, "CSWA-tokens", jnp.float32, True), (2, "SWA-positions", jnp.bfloat16, False)])
 def test_splash_interpret_matches_dense(k, variant, dtype, packed):
@@ -159,6 +160,7 @@ def test_splash_interpret_matches_dense(k, variant, dtype, packed):
   _assert_matches_dense(interpreted, k, variant, dtype, packed)
 
 
+@pytest.mark.slow
 def test_splash_under_mesh_matches_dense():
   """Batch and kv heads split over a 2 x 2 mesh: the kernels run per shard (shard_map)."""
   mesh = jax.make_mesh((2, 2), ("data", "tensor"),

@@ -1,38 +1,34 @@
-"""Checkpoints: restore on other meshes, keep policy, async saves, torn folders, exports."""
+"""Checkpoints: restore on other meshes, keep policy, async saves, torn and bit-flipped
+folders, exports."""
 
 import functools
 import json
 import logging
 import math
 import os
-import pathlib
+import threading
+import time
+import zlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax import nnx, struct
+from flax import nnx
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
+from checkpoint_helpers import flip_a_bit
 from phd_jax import checkpoint, sharding, train
+from phd_jax import checkpoint_integrity as integrity
 from phd_jax import state as state_lib
-from phd_jax import config as config_lib
-from phd_jax.model import Transformer
-
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+from run_helpers import tiny_config
 
 AXES = ("data", "fsdp", "tensor")
 
 
-class TrainState(struct.PyTreeNode):  # the trainer's state layout (step, params, opt_state)
-  step: jax.Array
-  params: nnx.State
-  opt_state: optax.OptState
-
-
 def _config(**checkpoint_fields):
-  c = config_lib.load_config(REPO_ROOT / "configs" / "tiny.py", "PHD-CSWA-2-4-8")
+  c = tiny_config("PHD-CSWA-2-4-8")
   c.model.update(vocab_size=64, d_model=32, num_layers=1, num_heads=2, num_kv_heads=1,
                  head_dim=16, mlp_dim=32)
   c.checkpoint.update(every=2, keep=2, keep_period=0, async_save=True)
@@ -62,20 +58,16 @@ def _abstract(tree, mesh):
                                                      sharding=_sharding(x.shape, mesh)), tree)
 
 
-def _model(config, seed=0):
-  return Transformer(config_lib.model_config(config), config_lib.phd_spec(config),
-                     rngs=nnx.Rngs(seed))
-
-
 @jax.jit
 def _build_state(step):
   """A TrainState with non-trivial optimizer moments and step-dependent params (one compile:
   op by op, building it would dominate the test time)."""
-  params = jax.tree.map(lambda p: p + 0.01 * step, nnx.state(_model(_config()), nnx.Param))
+  params = nnx.state(state_lib.new_model(_config()), nnx.Param)
+  params = jax.tree.map(lambda p: p + 0.01 * step, params)
   tx = optax.adamw(1e-2)
   grads = jax.tree.map(lambda p: jnp.sin(p * 7.0 + 1.0), params)
   _, opt_state = tx.update(grads, tx.init(params), params)
-  return TrainState(step=jnp.int32(step), params=params, opt_state=opt_state)
+  return state_lib.TrainState(step=jnp.int32(step), params=params, opt_state=opt_state)
 
 
 def _state(config, mesh, step=3):
@@ -115,7 +107,7 @@ def test_restore_onto_other_meshes_and_device_counts(tmp_path):
     for shape in [(2, 2, 2), (1, 1, 1)]:
       abstract = _abstract(template, _mesh(shape))
       state, data_state = ckpt.restore(abstract)
-      assert isinstance(state, TrainState) and data_state == {"position": 40}
+      assert isinstance(state, state_lib.TrainState) and data_state == {"position": 40}
       _assert_same(state, saved)
       for leaf, target in zip(jax.tree.leaves(state), jax.tree.leaves(abstract)):
         assert leaf.sharding == target.sharding
@@ -163,7 +155,7 @@ def _truncate(folder):
 
 
 def _drop_marker(folder):
-  (folder / checkpoint.COMMIT_FILE).unlink()
+  (folder / integrity.COMMIT_FILE).unlink()
 
 
 def _kill_before_rename(folder):  # what a save killed before its commit leaves locally
@@ -218,7 +210,7 @@ def test_params_export_loads_into_a_fresh_model(tmp_path):
   config = _config()
   params = _build_state(0).params
   # A fresh model: structure only, no optimizer; the export fills in its parameters.
-  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: _model(config)), nnx.Param)
+  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: state_lib.new_model(config)), nnx.Param)
   tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, config.model.vocab_size)
   expected_logits = np.asarray(_logits(graphdef, params, tokens))
   checkpoint.export_params(tmp_path / "export", params, config)
@@ -229,7 +221,7 @@ def test_params_export_loads_into_a_fresh_model(tmp_path):
   assert not np.allclose(np.asarray(_logits(graphdef, other, tokens)), expected_logits)
   loaded = checkpoint.load_params(tmp_path / "export", abstract)
   np.testing.assert_array_equal(np.asarray(_logits(graphdef, loaded, tokens)), expected_logits)
-  assert checkpoint.load_config(tmp_path / "export").to_dict() == config.to_dict()
+  assert checkpoint.saved_config(tmp_path / "export").to_dict() == config.to_dict()
   with pytest.raises(ValueError, match="already exists"):
     checkpoint.export_params(tmp_path / "export", params, config)
 
@@ -253,7 +245,7 @@ def test_config_and_metadata_round_trip(tmp_path):
   config = _config()
   config.data.tokenizer_path = "/models/tokenizer.model"
   _saved(tmp_path, config, [2], _mesh((8, 1, 1)))
-  assert checkpoint.load_config(tmp_path).to_dict() == config.to_dict()
+  assert checkpoint.saved_config(tmp_path).to_dict() == config.to_dict()
   meta = json.loads((tmp_path / "checkpoints" / "2" / "meta" / "meta.json").read_text())
   assert meta["step"] == 2 and meta["variant"] == "PHD-CSWA-2-4-8"
   assert meta["tokenizer"] == {"kind": "byte", "path": "/models/tokenizer.model"}
@@ -298,3 +290,99 @@ def test_warm_start_continues_a_vanilla_run_as_phd(tmp_path):
   # The Vanilla run trained 2 steps at lr 3e-3: its params are not the fresh init's.
   _assert_same(state.params, _host(source))
   assert int(state.step) == 1  # a new run, not a resume of the Vanilla one (step 2)
+
+
+def _recorded_files(folder):
+  return json.loads((folder / integrity.INTEGRITY_FILE).read_text())["files"]
+
+
+def test_a_flipped_bit_in_any_file_of_a_step_is_named_before_reading(tmp_path):
+  config = _config()
+  mesh = _mesh((8, 1, 1))
+  expected = _saved(tmp_path, config, [2, 4], mesh)
+  folder = tmp_path / "checkpoints" / "4"
+  names = sorted(_recorded_files(folder))
+  kinds = {name.split("/")[0] for name in names}
+  assert kinds == {"params", "train_state", "data", "config", "meta"}, names
+  abstract = _abstract(_state(config, mesh), mesh)
+  with checkpoint.Checkpointer(tmp_path, config) as ckpt:
+    for name in names:
+      original = (folder / name).read_bytes()
+      flip_a_bit(folder / name)
+      assert checkpoint.folder_problem(folder) is None  # same size: only the sum tells
+      with pytest.raises(checkpoint.DamagedCheckpoint,
+                         match=f"{folder} is corrupted: {name} does not match the crc32"):
+        ckpt.restore(abstract, step=4)
+      (folder / name).write_bytes(original)
+    state, data_state = ckpt.restore(abstract, step=4)  # all restored: reads back whole
+  _assert_same(state, expected[4])
+  assert data_state == {"position": 40}
+
+
+def test_checksums_off_records_sizes_only(tmp_path):
+  config = _config(checksums=False)
+  mesh = _mesh((8, 1, 1))
+  expected = _saved(tmp_path, config, [2], mesh)
+  folder = tmp_path / "checkpoints" / "2"
+  record = json.loads((folder / integrity.INTEGRITY_FILE).read_text())
+  assert set(record) == {"files"} and record["files"]
+  flip_a_bit(folder / "meta" / "meta.json")  # not read by a restore: unnoticed
+  with checkpoint.Checkpointer(tmp_path, config) as ckpt:
+    state, _ = ckpt.restore(_abstract(_state(config, mesh), mesh), step=2)
+  _assert_same(state, expected[2])
+
+
+def test_checksums_are_computed_off_the_training_thread(tmp_path, monkeypatch):
+  """save() returns while the checksums of its files are still being computed, in another
+  thread; the record is complete once the save has finished."""
+  config = _config()
+  release, threads = threading.Event(), set()
+  original = integrity.checksum
+
+  def slow_checksum(path):
+    threads.add(threading.current_thread())
+    release.wait(timeout=60)
+    return original(path)
+
+  monkeypatch.setattr(integrity, "checksum", slow_checksum)
+  state = _state(config, _mesh((8, 1, 1)))
+  with checkpoint.Checkpointer(tmp_path, config) as ckpt:
+    assert ckpt.save(2, state, {"position": 2})
+    deadline = time.time() + 60
+    while not threads and time.time() < deadline:  # the commit thread reaches the sums
+      time.sleep(0.01)
+    assert threads and threading.main_thread() not in threads
+    assert not (tmp_path / "checkpoints" / "2").exists()  # not committed before its sums
+    release.set()
+    ckpt.wait_until_finished()
+  folder = tmp_path / "checkpoints" / "2"
+  record = json.loads((folder / integrity.INTEGRITY_FILE).read_text())
+  assert record[integrity.CHECKSUM].keys() == record["files"].keys()
+  for name, crc in record[integrity.CHECKSUM].items():
+    assert int(crc, 16) == zlib.crc32((folder / name).read_bytes()), name
+
+
+def test_exports_and_warm_starts_check_the_params_they_read(tmp_path):
+  config = _config()
+  params = _build_state(0).params
+  checkpoint.export_params(tmp_path / "export", params, config)
+  _saved(tmp_path / "run", config, [2], _mesh((8, 1, 1)))
+  _, abstract = nnx.split(nnx.eval_shape(lambda: state_lib.new_model(config)), nnx.Param)
+  for folder in (tmp_path / "export", tmp_path / "run" / "checkpoints" / "2"):
+    array_file = max((p for p in (folder / "params").rglob("*") if p.is_file()),
+                     key=lambda p: p.stat().st_size)
+    flip_a_bit(array_file)
+    with pytest.raises(checkpoint.DamagedCheckpoint, match=f"{folder} is corrupted: params/"):
+      checkpoint.load_params(folder, abstract)
+    assert checkpoint.saved_config(folder).to_dict() == config.to_dict()  # intact: reads
+
+
+def test_a_step_saved_before_checksums_existed_still_restores(tmp_path):
+  config = _config()
+  mesh = _mesh((8, 1, 1))
+  expected = _saved(tmp_path, config, [2], mesh)
+  path = tmp_path / "checkpoints" / "2" / integrity.INTEGRITY_FILE
+  path.write_text(json.dumps({"files": json.loads(path.read_text())["files"]}))
+  with checkpoint.Checkpointer(tmp_path, config) as ckpt:
+    state, _ = ckpt.restore(_abstract(_state(config, mesh), mesh), step=2)
+  _assert_same(state, expected[2])

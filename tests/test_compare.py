@@ -1,14 +1,23 @@
 """The comparison report reads runs' files as training and evaluation write them: means and
-standard errors over seeds, paired differences, runs of different lengths, failed and
-unfinished runs listed (never averaged), task and answer-accuracy columns, the plots."""
+standard errors over seeds, paired differences (per budget), runs of different lengths,
+failed and unfinished runs listed (never averaged), damaged runs named and left out, task
+and answer-accuracy columns, inference costs, the plots."""
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from phd_jax import compare
+from phd_jax import compare, defaults, run_results
+from phd_jax import config as config_lib
+
+PNG = b"\x89PNG\r\n\x1a\n"
+# The model of test_flops's costs worked by hand.
+HAND_MODEL = dict(vocab_size=10, d_model=4, num_layers=2, num_heads=2, num_kv_heads=1,
+                  head_dim=2, mlp_dim=6)
 
 
 def write_run(root, name, *, variant="Vanilla", seed=0, num_steps=4, evals=(), steps=None,
@@ -17,10 +26,12 @@ def write_run(root, name, *, variant="Vanilla", seed=0, num_steps=4, evals=(), s
   every step, eval lines at `evals` = [(step, loss, bits per byte)])."""
   path = os.path.join(root, name, f"seed{seed}")
   os.makedirs(path)
-  config = {"phd": {"variant": variant}, "seed": seed, "num_steps": num_steps,
-            "eval_every": 2, "batch_size": 4, "seq_len": 8, "data": {"source": source}}
+  config = defaults.get_config(variant)
+  config.model.update(HAND_MODEL)
+  config.update(seed=seed, num_steps=num_steps, eval_every=2, batch_size=4, seq_len=8)
+  config.data.source = source
   with open(os.path.join(path, "config.json"), "w") as f:
-    json.dump(config, f)
+    f.write(config_lib.to_json(config))
   by_step = {s: (loss, bpb) for s, loss, bpb in evals}
   with open(os.path.join(path, "metrics.jsonl"), "w") as f:
     for step in range(1, (num_steps if steps is None else steps) + 1):
@@ -36,6 +47,11 @@ def write_run(root, name, *, variant="Vanilla", seed=0, num_steps=4, evals=(), s
     with open(os.path.join(path, file_name), "w") as f:
       json.dump(content, f)
   return path
+
+
+def run_compare(*args):
+  return subprocess.run([sys.executable, "-m", "phd_jax.compare", *args],
+                        capture_output=True, text=True, timeout=300)
 
 
 def row(table, label):
@@ -60,7 +76,9 @@ def runs(tmp_path):
 
 
 def test_table_numbers_come_from_the_metrics(runs, tmp_path):
-  md, tokens_png, flops_png = compare.write_report([runs], str(tmp_path / "out"), "cmp")
+  (md, tokens_png, flops_png), damaged = compare.write_report([runs], str(tmp_path / "out"),
+                                                              "cmp")
+  assert damaged == []
   table = open(md).read()
   vanilla = row(table, "Vanilla")
   assert vanilla[2] == "2/2"
@@ -80,7 +98,7 @@ def test_table_numbers_come_from_the_metrics(runs, tmp_path):
   assert "| PHD-3 | 0 | incomplete | 3/4 | 2: 2.8000 |" in runs_section
   assert "| PHD-3 | 1 | failed | 0/4 | – |" in runs_section
   for png in (tokens_png, flops_png):
-    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n" and os.path.getsize(png) > 10_000
+    assert open(png, "rb").read(8) == PNG and os.path.getsize(png) > 10_000
 
 
 def test_task_and_answer_columns(tmp_path):
@@ -92,7 +110,7 @@ def test_task_and_answer_columns(tmp_path):
                          "eval_step4.json": report, "eval_step2.json": {"results": {}}})
   write_run(root, "PHD-2", variant="PHD-2", evals=[(4, 1.9, None)], source="pointer_chase",
             extra_files={"chase.json": {"accuracy": 0.5, "answer_loss": 1.0}})
-  table = open(compare.write_report([root], root)[0]).read()
+  table = open(compare.write_report([root], root)[0][0]).read()
   header = [c.strip() for c in table.splitlines()[4].strip("|").split("|")]
   assert "bits per byte" not in header  # token sources have no bytes
   vanilla = dict(zip(header, row(table, "Vanilla")))
@@ -110,10 +128,14 @@ def test_a_run_cut_mid_line_and_resumed_steps(tmp_path):
     f.write(json.dumps({"step": 3, "loss": 3.0, "step_time": 0.5}) + "\n")
     f.write(json.dumps({"step": 4, "eval_loss": 2.45, "eval_bits_per_byte": 3.4}) + "\n")
     f.write('{"step": 4, "eval_lo')
-  run = compare.read_run(path)
+  run = run_results.read_run(path)
   assert run.state == "complete"
   assert run.evals == [(2, 3.0, 4.0), (4, 2.45, 3.4)]  # the resumed evaluation counts
   assert run.train_time_s == 4 * 0.5
+  with open(os.path.join(path, "metrics.jsonl"), "a") as f:  # resumed again after the cut
+    f.write(json.dumps({"step": 4, "loss": 3.0, "step_time": 0.5}) + "\n")  # joins the cut
+    f.write(json.dumps({"step": 4, "eval_loss": 2.40, "eval_bits_per_byte": 3.3}) + "\n")
+  assert run_results.read_run(path).evals[-1] == (4, 2.40, 3.3)  # lines after a cut count
 
 
 def test_no_runs_is_an_error(tmp_path, capsys):
@@ -123,3 +145,107 @@ def test_no_runs_is_an_error(tmp_path, capsys):
   with pytest.raises(SystemExit):
     compare.main([str(tmp_path / "missing")])
   assert "no such directory" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_damaged_runs_are_named_and_the_rest_reported(tmp_path):
+  """A cut config.json and an empty sweep_status.json: each run is named with its file and
+  reason (stderr and the report), the others are reported, and the exit status is 1."""
+  root = str(tmp_path / "sweep")
+  for seed in (0, 1):
+    write_run(root, "Vanilla", seed=seed, evals=[(2, 3.0, 4.3), (4, 2.5, 3.6)], status="done")
+  write_run(root, "PHD-2", variant="PHD-2", evals=[(2, 2.9, 4.2), (4, 2.4, 3.5)])
+  cut = write_run(root, "PHD-3", variant="PHD-3", evals=[(4, 2.3, 3.4)])
+  text = open(os.path.join(cut, "config.json")).read()
+  with open(os.path.join(cut, "config.json"), "w") as f:
+    f.write(text[:len(text) // 2])
+  with pytest.raises(json.JSONDecodeError) as error:
+    json.loads(text[:len(text) // 2])
+  empty = write_run(root, "PHD-4", variant="PHD-4", evals=[(4, 2.2, 3.3)], status="done")
+  open(os.path.join(empty, "sweep_status.json"), "w").close()
+  out = str(tmp_path / "out")
+
+  result = run_compare(root, f"--output_dir={out}")
+  assert result.returncode == 1, result.stderr
+  assert "Traceback" not in result.stderr
+  reasons = [f"{cut}: config.json: {error.value}", f"{empty}: sweep_status.json is empty"]
+  assert result.stderr.splitlines() == [f"damaged run left out: {r}" for r in reasons]
+  table = open(os.path.join(out, "comparison.md")).read()
+  summary, damaged = table.split("## Inference cost")[0], table.split("## Damaged runs")[1]
+  assert row(summary, "Vanilla")[2] == "2/2" and row(summary, "PHD-2")[2] == "1/1"
+  assert "| PHD-3 |" not in summary and "| PHD-4 |" not in summary
+  listed = [line for line in damaged.split("## Runs")[0].splitlines() if line.startswith("- ")]
+  assert listed == [f"- {r}" for r in reasons]
+  assert result.stdout.startswith("# Comparison")
+
+  result = run_compare(os.path.join(root, "PHD-3"))  # nothing readable: nothing written
+  assert result.returncode == 2 and "Traceback" not in result.stderr
+  assert result.stderr.splitlines()[-1].endswith(f"no readable runs under "
+                                                 f"['{os.path.join(root, 'PHD-3')}']: "
+                                                 f"{reasons[0]}")
+  assert not os.path.exists(os.path.join(root, "PHD-3", "comparison.md"))
+
+
+@pytest.mark.slow
+def test_inference_costs_and_their_plots(tmp_path):
+  """The cost table holds test_flops's hand-worked values of the runs' model at --context
+  tokens, and the loss is drawn against each axis."""
+  root = str(tmp_path)
+  for seed in (0, 1):
+    write_run(root, "Vanilla", seed=seed, evals=[(4, 2.5 + seed / 10, None)])
+    write_run(root, "PHD-2", variant="PHD-2", seed=seed, evals=[(4, 2.4 + seed / 10, None)])
+  swa = "PHD-SWA-3-2-inf"
+  write_run(root, swa, variant=swa, evals=[(4, 2.3, None)])
+  write_run(root, swa, variant=swa, seed=1, steps=3, evals=[(2, 2.6, None)])
+  axes = "tokens,train_flops,decode_flops,inference_memory"
+  result = run_compare(root, f"--x={axes}", "--context=5")
+  assert result.returncode == 0, result.stderr
+  table = open(os.path.join(root, "comparison.md")).read().split("## Inference cost")[1]
+  # parameters, KV bytes per token, window, decode, prefill (the last 3 tokens' copies for
+  # SWA over 2 layers), parameters in float32 + 5 tokens' KV + the window
+  assert row(table, "Vanilla")[1:] == ["1", "352", "32B", "0B", "752", "2.96k", "1.57kB"]
+  assert row(table, "PHD-2")[1:] == ["2", "352", "32B", "0B", "1.46k", "3.63k", "1.57kB"]
+  assert row(table, swa)[1:] == ["3", "352", "32B", "64B", "2.29k", "7.09k", "1.63kB"]
+  for axis in axes.split(","):
+    png = os.path.join(root, f"comparison_loss_vs_{axis}.png")
+    assert open(png, "rb").read(8) == PNG and os.path.getsize(png) > 10_000, axis
+
+  runs, _ = run_results.read_runs([root], context=5)
+  points = compare.cost_points(compare.group(runs, "Vanilla"), "decode_flops")
+  mean, se = np.mean([2.4, 2.5]), np.std([2.4, 2.5], ddof=1) / np.sqrt(2)
+  assert points[1][:2] == ("PHD-2", 1456) and points[1][2] == pytest.approx((mean, se))
+  assert points[2] == (swa, 2288, (2.3, None), [2.6])  # the unfinished run apart
+
+
+def test_budgets_pair_with_the_baseline_of_the_same_settings(tmp_path):
+  """Variants at several budgets (`@settings`, as the sweep names them): each is paired by
+  seed with the baseline at its own budget, rows in numeric order of the settings."""
+  root = str(tmp_path)
+  budgets = {8: (2.6, 2.5), 16: (2.3, 2.2)}  # Vanilla's, PHD-2's final loss (seed 0)
+  for steps, (vanilla, phd) in budgets.items():
+    at = f"@data.train_tokens={steps * 100}@num_steps={steps}"
+    for seed in (0, 1):
+      write_run(root, f"Vanilla{at}", seed=seed, num_steps=steps,
+                evals=[(steps, vanilla + seed / 100, None)])
+      write_run(root, f"PHD-2{at}", variant="PHD-2", seed=seed, num_steps=steps,
+                evals=[(steps, phd + seed / 50, None)])
+  table = open(compare.write_report([root], root)[0][0]).read().split("## Inference")[0]
+  labels = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")]
+  assert labels[1:] == ["Vanilla@data.train_tokens=800@num_steps=8",  # 800 before 1600
+                        "Vanilla@data.train_tokens=1600@num_steps=16",
+                        "PHD-2@data.train_tokens=800@num_steps=8",
+                        "PHD-2@data.train_tokens=1600@num_steps=16"]
+  deltas = [-0.1 + 0.0, -0.1 + 0.01]  # per seed: PHD-2 - Vanilla at the same budget
+  se = np.std(deltas, ddof=1) / np.sqrt(2)
+  against = "Vanilla@data.train_tokens=1600@num_steps=16"
+  assert row(table, "PHD-2@data.train_tokens=1600@num_steps=16")[7] == (
+      f"{np.mean(deltas):+.4f} ± {se:.4f} (n=2, vs {against})")
+  assert row(table, against)[7] == "–"  # no plain Vanilla to pair it with
+
+
+def test_bad_axis_is_refused_before_reading(tmp_path, capsys):
+  with pytest.raises(SystemExit) as exit_:
+    compare.main([str(tmp_path / "missing"), "--x=tokens,latency"])
+  assert exit_.value.code == 2
+  assert "--x='tokens,latency': axes are tokens, train_flops, decode_flops, " \
+         "inference_memory" in capsys.readouterr().err

@@ -3,7 +3,6 @@ host shares, workers and bad input. Uses a small corpus written by the test."""
 
 import json
 import os
-import pathlib
 import subprocess
 import sys
 import zlib
@@ -18,11 +17,11 @@ from flax import nnx
 from data_helpers import assert_batches_equal, take
 from phd_jax import config as config_lib
 from phd_jax import data
-from phd_jax.data import packing, prepare, stdlib_corpus
+from phd_jax.data import packing, stdlib_corpus, text_files
 from phd_jax.masks import parse_variant
 from phd_jax.model import ModelConfig, Transformer
+from run_helpers import tiny_config
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 SEQ_LEN, BATCH = 32, 4
 
@@ -48,19 +47,19 @@ def corpus(tmp_path_factory):
   pq.write_table(pa.table({"text": docs[15:], "n": list(range(len(docs) - 15))}),
                  root / "part.parquet")
   data_dir = str(root / "tfds")
-  files = prepare.expand([str(root / "*")])
-  builder = prepare.make_builder("tiny_corpus", data_dir, {"train": files},
-                                 validation_percent=25)
-  prepare.prepare(builder, progress=False)
+  files = text_files.expand([str(root / "*")])
+  builder = text_files.make_builder("tiny_corpus", data_dir, {"train": files},
+                                    validation_percent=25)
+  text_files.prepare(builder, progress=False)
   expected = {}  # split -> {key: text}
   for path, key in files:
-    for doc_key, text in prepare.read_documents(path, "text", key, {}):
-      expected.setdefault(prepare.holdout_split(doc_key, 25), {})[doc_key] = text
+    for doc_key, text in text_files.read_documents(path, "text", key, {}):
+      expected.setdefault(text_files.holdout_split(doc_key, 25), {})[doc_key] = text
   return dict(root=root, data_dir=data_dir, expected=expected, builder=builder)
 
 
 def _config(corpus, **data_fields):
-  c = config_lib.load_config(REPO_ROOT / "configs" / "tiny.py")
+  c = tiny_config()
   c.seq_len, c.batch_size = SEQ_LEN, BATCH
   c.data.source, c.data.name, c.data.data_dir = "tfds", "tiny_corpus", corpus["data_dir"]
   c.data.prefetch = 0
@@ -86,6 +85,7 @@ def test_prepare_round_trip(corpus):
   assert set(_documents()) <= set(everything.values())
 
 
+@pytest.mark.slow
 def test_prepare_command_and_missing_field(corpus, tmp_path):
   cmd = [sys.executable, "-m", "phd_jax.data.prepare", "--name=cli_corpus",
          f"--data_dir={tmp_path}", f"--train={corpus['root']}/*.jsonl",
@@ -94,9 +94,9 @@ def test_prepare_command_and_missing_field(corpus, tmp_path):
   assert out.returncode == 0, out.stderr[-2000:]
   assert "train: 9 documents" in out.stdout and "validation: 6 documents" in out.stdout
   with pytest.raises(ValueError, match=r"part.jsonl:1: no field 'body'; the record has \['id', 'text'\]"):
-    list(prepare.read_documents(str(corpus["root"] / "part.jsonl"), "body", "k", {}))
+    list(text_files.read_documents(str(corpus["root"] / "part.jsonl"), "body", "k", {}))
   with pytest.raises(ValueError, match=r"no column 'body'; it has \['text', 'n'\]"):
-    list(prepare.read_documents(str(corpus["root"] / "part.parquet"), "body", "k", {}))
+    list(text_files.read_documents(str(corpus["root"] / "part.parquet"), "body", "k", {}))
 
 
 def test_missing_dataset_split_field(corpus):
@@ -225,7 +225,7 @@ def test_stdlib_corpus_prepares_and_splits_by_path(tmp_path):
   assert len(files) > 300 and "os.py" in relative
   assert not any("test" in rel.split(os.sep)[:-1] or os.path.basename(rel).startswith("test_")
                  for rel in relative)
-  c = config_lib.load_config(REPO_ROOT / "configs" / "tiny.py")
+  c = tiny_config()
   c.data.data_dir = str(tmp_path)
   c.seq_len, c.batch_size = 64, 2
   val = next(data.make_iterator(c, "validation", process_index=0, process_count=1))

@@ -2,7 +2,6 @@
 the row's own table, rows are reproducible and split-specific; answer accuracy equals the
 model's argmax counted by hand."""
 
-import pathlib
 
 import jax
 import numpy as np
@@ -13,8 +12,8 @@ from phd_jax import data, state
 from phd_jax.data import pointer_chase
 from phd_jax.data.tokenizers import BOS_ID, FIRST_ID
 from phd_jax.eval import chase
+from run_helpers import REPO_ROOT
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def mechanism_config(**changes):
@@ -32,7 +31,7 @@ def batch(config, split="train", step=0):
     it.close()
 
 
-def read_table(tokens, rows: pointer_chase.Layout) -> dict:
+def read_table(tokens, rows: pointer_chase.RowFormat) -> dict:
   """The row's table {x: f(x)} as symbols, decoded independently of the source."""
   n = rows.nodes
   if rows.table == "pairs":
@@ -52,7 +51,7 @@ def test_answers_follow_the_rows_table(nodes, hops, seq_len, table):
                           "data.chase_table": table, "seq_len": seq_len, "batch_size": 4,
                           "model.vocab_size": 300})
   b = batch(c)
-  rows = pointer_chase.layout(c)
+  rows = pointer_chase.row_format(c)
   mask_T = rows.answer_mask(seq_len)
   queries = rows.queries_per_row(seq_len)
   table_len = nodes if table == "pairs" else 2 * nodes
@@ -97,7 +96,7 @@ def test_answer_accuracy_is_the_models_argmax():
                                         "model.head_dim": 8})
   model = state.new_model(c)
   metrics = chase.answer_metrics(model, c, None, num_batches=2)
-  rows = pointer_chase.layout(c)
+  rows = pointer_chase.row_format(c)
   mask_T = rows.answer_mask(c.seq_len)
 
   def hits_and_logprobs(swap):

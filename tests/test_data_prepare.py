@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import tensorflow_datasets as tfds
 
-from phd_jax.data import prepare, sources, tokenizers, train_tokenizer
+from phd_jax.data import sources, text_files, tokenizers, train_tokenizer
 
 # (raw line, the document it holds or the kind of bad record it is)
 LINES = [
@@ -38,10 +38,10 @@ def write_corpus(root):
 
 def test_bad_jsonl_records_are_skipped_counted_and_named(tmp_path):
   root = write_corpus(tmp_path / "corpus")
-  builder = prepare.make_builder("bad_lines", str(tmp_path / "tfds"),
-                                 {"train": prepare.expand([str(root / "*.jsonl")]),
-                                  "validation": prepare.expand([str(root / "*.txt")])})
-  prepare.prepare(builder, progress=False)
+  builder = text_files.make_builder("bad_lines", str(tmp_path / "tfds"),
+                                    {"train": text_files.expand([str(root / "*.jsonl")]),
+                                     "validation": text_files.expand([str(root / "*.txt")])})
+  text_files.prepare(builder, progress=False)
   texts = [r["text"].decode() for r in tfds.data_source("bad_lines", split="train",
                                                         data_dir=str(tmp_path / "tfds"))]
   assert sorted(texts) == sorted(doc for _, doc in LINES if doc not in KINDS)
@@ -51,7 +51,7 @@ def test_bad_jsonl_records_are_skipped_counted_and_named(tmp_path):
       expected_bad[doc] = expected_bad.get(doc, 0) + 1
   assert builder.stats["all"]["bad"] == expected_bad
   assert builder.stats["all"]["documents"] == 4 and builder.stats["all"]["empty"] == 1
-  lines = prepare.summary(builder.stats)
+  lines = text_files.summary(builder.stats)
   assert "  skipped 8 bad records (all): 1 lone_surrogate, 1 not_json, 2 not_object, " \
          "4 not_string" in lines
   named = [line for line in lines if line.startswith("    ")]
@@ -64,10 +64,10 @@ def test_bad_jsonl_records_are_skipped_counted_and_named(tmp_path):
 def test_bad_records_are_counted_once_with_a_hash_split(tmp_path):
   root = write_corpus(tmp_path / "corpus")
   (root / "more.jsonl").write_text("".join(f'{{"text": "doc {i}"}}\n' for i in range(20)))
-  builder = prepare.make_builder("bad_split", str(tmp_path / "tfds"),
-                                 {"train": prepare.expand([str(root / "*.jsonl")])},
-                                 validation_percent=50)
-  prepare.prepare(builder, progress=False)
+  builder = text_files.make_builder("bad_split", str(tmp_path / "tfds"),
+                                    {"train": text_files.expand([str(root / "*.jsonl")])},
+                                    validation_percent=50)
+  text_files.prepare(builder, progress=False)
   bad = [sum(counts.get("bad", {}).values()) for counts in builder.stats.values()]
   assert sorted(builder.stats) == ["train", "validation"] and sum(bad) == 8
 
@@ -75,7 +75,7 @@ def test_bad_records_are_counted_once_with_a_hash_split(tmp_path):
 def test_parquet_text_column_must_hold_strings(tmp_path):
   pq.write_table(pa.table({"text": [1, 2]}), tmp_path / "n.parquet")
   with pytest.raises(ValueError, match=r"n.parquet: column 'text' holds int64, not strings"):
-    list(prepare.read_documents(str(tmp_path / "n.parquet"), "text", "n", {}))
+    list(text_files.read_documents(str(tmp_path / "n.parquet"), "text", "n", {}))
 
 
 def test_trained_tokenizers_survive_overwrite(tmp_path, capsys):
@@ -87,9 +87,9 @@ def test_trained_tokenizers_survive_overwrite(tmp_path, capsys):
   data_dir = str(tmp_path / "tfds")
 
   def prepared(**kwargs):
-    builder = prepare.make_builder("keep_tok", data_dir, {"train": prepare.expand(
+    builder = text_files.make_builder("keep_tok", data_dir, {"train": text_files.expand(
         [str(root / "*.txt")])}, validation_percent=20)
-    prepare.prepare(builder, progress=False, **kwargs)
+    text_files.prepare(builder, progress=False, **kwargs)
     return builder.data_dir
 
   dataset_dir = prepared()

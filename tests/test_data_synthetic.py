@@ -1,20 +1,18 @@
 """The synthetic source: determinism, exact resume, disjoint covering host shares."""
 
-import pathlib
 
 import numpy as np
 import pytest
 
 from data_helpers import assert_batches_equal, take
-from phd_jax import config as config_lib
 from phd_jax import data
 from phd_jax.data import synthetic
+from run_helpers import tiny_config
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _config(**overrides):
-  c = config_lib.load_config(REPO_ROOT / "configs" / "tiny.py")
+  c = tiny_config()
   c.data.source = "synthetic"
   c.seq_len, c.batch_size = 64, 8
   for k, v in overrides.items():

@@ -1,15 +1,14 @@
 """Tokenizers: byte-level, SentencePiece (trained here, byte fallback) and HF tokenizer.json."""
 
-import pathlib
+import hashlib
 
 import numpy as np
 import pytest
 
-from phd_jax import config as config_lib
 from phd_jax import data
 from phd_jax.data import train_tokenizer
+from run_helpers import tiny_config
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 TEXTS = ["def add(a, b):\n    return a + b\n", "The quick brown fox jumps over the lazy dog.",
          "  indented\n\n\ttabs and  double  spaces", "naïve café, 3.14159 and 42"] * 20
@@ -17,7 +16,7 @@ UNSEEN = "日本語 🚀 Ωμέγα \x00 end  \n"
 
 
 def _config(kind, path=""):
-  c = config_lib.load_config(REPO_ROOT / "configs" / "tiny.py")
+  c = tiny_config()
   c.data.tokenizer, c.data.tokenizer_path = kind, path
   return c
 
@@ -52,7 +51,8 @@ def test_sentencepiece_round_trip_with_byte_fallback(sentencepiece_model):
   assert len(tok.encode(TEXTS[0])) < len(TEXTS[0].encode())  # it learned merges
   byte_pieces = [tok.sp.id_to_piece(i) for i in tok.encode("日")]
   assert byte_pieces == ["<0xE6>", "<0x97>", "<0xA5>"]  # unseen: UTF-8 bytes
-  assert tok.reference()["sha256"] == open(sentencepiece_model + ".sha256").read().split()[0]
+  recorded = open(sentencepiece_model + ".sha256").read().split()[0]  # checked on load
+  assert recorded == hashlib.sha256(open(sentencepiece_model, "rb").read()).hexdigest()
 
 
 def test_sentencepiece_checksum_and_vocab_errors(sentencepiece_model, tmp_path):

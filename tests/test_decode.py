@@ -1,7 +1,6 @@
 """Inference against the training forward: caches, prefill, decoding, sampling, errors."""
 
 import dataclasses
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -14,14 +13,14 @@ from phd_jax import config as config_lib
 from phd_jax.decode import engine
 from phd_jax.masks import parse_variant
 from phd_jax.model import Attention, ModelConfig, Transformer
+from run_helpers import tiny_config
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CFG = ModelConfig(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
                   head_dim=8, mlp_dim=64, rope_theta=10_000.0)
 
 
 def tiny_config(variant):
-  return config_lib.load_config(REPO_ROOT / "configs" / "tiny.py", variant)
+  return tiny_config(variant)
 
 
 def make_model(variant, window_unit="tokens", positions="shared", seed=0, scan_layers=True):
@@ -87,6 +86,42 @@ def test_prefill_and_steps_equal_training_forward(variant, window_unit, position
   for row, n in enumerate(prompt_lengths):
     np.testing.assert_allclose(got_BSV[row], want_BTV[row, n - 1:n + steps], atol=1e-5,
                                rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant,window_unit", [
+    ("Vanilla", "tokens"), ("PHD-3", "tokens"), ("PHD-SWA-3-3-inf", "tokens"),
+    ("PHD-CSWA-4-3-3", "positions")])
+def test_bucket_padding_takes_no_slots_of_an_explicit_cache_len(variant, window_unit):
+  # 9 tokens pad to the 16-token bucket; 9 + 11 greedy steps fill cache_len=20 exactly
+  model = make_model(variant, window_unit)
+  decoder = decode.Decoder(model)
+  prompts = random_tokens(10, 9, 4)
+  assert decoder.layout(prompts, cache_len=20)[0].tokens_BT.shape[1] == 16
+  logits_BV, cache = decoder.prefill(prompts, cache_len=20)
+  got = [logits_BV]
+  for _ in range(11):
+    logits_BV, cache = decoder.step(cache, np.argmax(got[-1], -1))
+    got.append(logits_BV)
+  assert int(cache.length) == cache.cache_len == 20
+  with pytest.raises(ValueError, match="cache is full"):
+    decoder.step(cache, [1, 1])
+  got_BSV = np.stack(got, axis=1)
+  sequences = [p + np.argmax(got_SV, -1).tolist() for p, got_SV in zip(prompts, got_BSV)]
+  want_BTV = training_logits(model, sequences)
+  for row, prompt in enumerate(prompts):
+    want_SV = want_BTV[row, len(prompt) - 1:len(prompt) + 11]
+    np.testing.assert_allclose(got_BSV[row], want_SV, atol=1e-5, rtol=1e-5)
+    assert sequences[row][len(prompt):] == np.argmax(want_SV, -1).tolist()
+
+
+def test_prefill_refuses_a_cache_len_that_cannot_hold_the_real_tokens():
+  decoder = decode.Decoder(make_model("PHD-2"))
+  with pytest.raises(ValueError, match=r"prompt 1 has 9 tokens; with max_new_tokens=1 the "
+                                       r"cache needs 9 slots, but cache_len=8"):
+    decoder.prefill([[1] * 3, [2] * 9], cache_len=8)
+  with pytest.raises(ValueError, match="max_new_tokens=12 the cache needs 20 slots, but "
+                                       "cache_len=19"):
+    decoder.prefill([[1] * 9], cache_len=19, max_new_tokens=12)
 
 
 def hidden_copy_positions(monkeypatch, model, prompt):
@@ -188,7 +223,6 @@ def test_truncated_swa_prefill_equals_the_full_prefill(variant, window_unit, pos
   np.testing.assert_array_equal(got.first_slot, want.first_slot)
   for name in ("keys", "values"):
     np.testing.assert_allclose(getattr(got, name), getattr(want, name), atol=1e-5)
-  # CSWA leaves out window entries of earlier chunks, which no later token can see
   # Window entries later tokens can see must be equal. CSWA leaves out (or keeps inexact)
   # entries of earlier chunks, which no later token can see.
   chunk = model.spec.chunk or 1 << 30
@@ -370,6 +404,10 @@ def test_prompt_lengths_compile_one_prefill_per_bucket(monkeypatch):
   for length in (5, 6):
     exact.prefill(random_tokens(length, length), max_new_tokens=4)
   assert len(traces) == 2  # without buckets, every length compiles
+  traces.clear()
+  for length in (9, 12):  # the 16-token bucket, although cache_len is shorter
+    bucketed.prefill(random_tokens(length, length), cache_len=12)
+  assert [shape[1] for shape in traces] == [16]
 
 
 def test_sharded_decoding_equals_one_device():

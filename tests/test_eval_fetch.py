@@ -176,6 +176,32 @@ def test_unreachable_or_malformed_release_is_one_line(tmp_path, no_network):
     fetch.main(["--out", str(tmp_path / "out"), "--tasks=piqa,boolq"])
 
 
+def test_mmlu_members_are_read_never_extracted(tmp_path, no_network):
+  """Only regular files named data/test/<word>_test.csv count: a folder or link so named,
+  or a name that climbs out, neither fails the build nor writes anything."""
+  buffer = io.BytesIO()
+  with tarfile.open(fileobj=buffer, mode="w") as archive:
+    with tarfile.open(fileobj=io.BytesIO(RELEASE_FILES["data.tar"])) as good:
+      for member in good.getmembers():
+        archive.addfile(member, good.extractfile(member))
+    for name, kind, target in [("data/test/folder_test.csv", tarfile.DIRTYPE, ""),
+                               ("data/test/link_test.csv", tarfile.SYMTYPE, "../../../outside"),
+                               ("data/test/hard_test.csv", tarfile.LNKTYPE, "/etc/hostname")]:
+      info = tarfile.TarInfo(name)
+      info.type, info.linkname = kind, target
+      archive.addfile(info)
+    climbing = b"Escaped?,a,b,c,d,A\n"
+    info = tarfile.TarInfo("data/test/../../../outside_test.csv")
+    info.size = len(climbing)
+    archive.addfile(info, io.BytesIO(climbing))
+  releases, out = tmp_path / "releases", tmp_path / "eval_data"
+  write_releases(releases, {"data.tar": buffer.getvalue()})
+  fetch.main(["--out", str(out), "--releases", str(releases), "--tasks=mmlu"])
+  assert records(out, "mmlu") == EXPECTED["mmlu"]
+  assert sorted(os.listdir(tmp_path)) == ["eval_data", "releases"]
+  assert sorted(os.listdir(out)) == ["mmlu"] and os.listdir(out / "mmlu") == ["mmlu.jsonl"]
+
+
 def real_release_files(root) -> dict:
   """The release files rebuilt from the originals kept beside the shipped data (the same
   files, unpacked; PIQA's ids come from the leaderboard copy of dev.jsonl)."""

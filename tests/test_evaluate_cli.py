@@ -12,13 +12,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
-from eval_helpers import ROOT, eval_data_dir, small_config
+from checkpoint_helpers import flip_a_bit
+from eval_helpers import eval_config, eval_data_dir
 from phd_jax import checkpoint, data, evaluate, sharding, state
 from phd_jax.data.tokenizers import ByteTokenizer
 from phd_jax.eval import heldout, report, suite
 from phd_jax.loss import next_token_loss, target_mask
+from run_helpers import REPO_ROOT
 
 TASKS = ["loss", "arc_easy", "winogrande"]
 
@@ -28,7 +29,7 @@ def saved_run(tmp_path_factory):
   """A workdir with a checkpoint written from a (2, 2, 2) mesh of 8 devices, and the
   results of evaluating those in-memory parameters on that mesh."""
   tmp = tmp_path_factory.mktemp("run")
-  config, workdir, data_dir = small_config(), str(tmp / "workdir"), eval_data_dir(tmp)
+  config, workdir, data_dir = eval_config(), str(tmp / "workdir"), eval_data_dir(tmp)
   mesh = sharding.make_mesh(config, sizes=(2, 2, 2))
   _, fresh = state.init_state(config, mesh)
   with checkpoint.Checkpointer(workdir, config) as ckpt:
@@ -41,7 +42,7 @@ def saved_run(tmp_path_factory):
 
 def test_heldout_loss_is_the_training_loss_of_the_validation_batches(saved_run):
   _, _, results, model = saved_run
-  config = small_config()
+  config = eval_config()
   iterator = data.make_iterator(config, split="validation")
   total = count = 0.0
   forward = jax.jit(lambda m, b: m(b["tokens"], b["segment_ids"], b["positions"]))
@@ -66,6 +67,7 @@ def test_bytes_of_targets_are_counted_per_document():
   assert heldout._target_bytes(tok, tokens, segment_ids, has_target) == 5
 
 
+@pytest.mark.slow
 def test_checkpoint_from_8_devices_evaluates_on_1_device_alike(saved_run):
   workdir, data_dir, expected, _ = saved_run
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
@@ -73,7 +75,7 @@ def test_checkpoint_from_8_devices_evaluates_on_1_device_alike(saved_run):
   out = subprocess.run(
       [sys.executable, "-m", "phd_jax.evaluate", f"--workdir={workdir}",
        f"--tasks={','.join(TASKS)}", "--limit=6", f"--data_dir={data_dir}", "--batch_size=4",
-       "--no_progress"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+       "--no_progress"], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   with open(os.path.join(workdir, "eval_step7.json")) as f:
     got = json.load(f)
@@ -91,8 +93,7 @@ def test_checkpoint_from_8_devices_evaluates_on_1_device_alike(saved_run):
 def test_in_loop_metrics_match_the_full_evaluation(saved_run):
   workdir, data_dir, expected, _ = saved_run
   model, config, mesh, _ = state.load_model(workdir, (2, 2, 2))
-  params = nnx.state(model, nnx.Param)  # what a training loop holds
-  metrics = suite.in_loop(params, config, mesh, tasks=TASKS, limit=6, data_dir=data_dir)
+  metrics = suite.in_loop(model, config, mesh, tasks=TASKS, limit=6, data_dir=data_dir)
   assert metrics["eval/loss"] == pytest.approx(expected["loss"]["loss"], rel=1e-5)
   assert metrics["eval/arc_easy"] == expected["arc_easy"]["acc"]  # the paper's metric
   assert metrics["eval/winogrande"] == expected["winogrande"]["acc"]
@@ -130,3 +131,31 @@ def test_step_folder_results_land_in_the_runs_workdir(saved_run, tmp_path, monke
   assert sorted(p.name for p in run.glob("eval_*")) == ["eval_step7.json", "eval_step7.md"]
   assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
   assert str(run / "eval_step7.json") in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_damaged_newest_step_is_skipped_in_one_line_and_not_renamed(saved_run, tmp_path):
+  """As training would resume: step 9's params do not read back as written, so step 7 is
+  evaluated; evaluation only reads, so step 9 stays where it is."""
+  workdir, data_dir, expected, _ = saved_run
+  run = tmp_path / "run"
+  shutil.copytree(workdir, run)
+  step_7 = run / "checkpoints" / "7"
+  shutil.copytree(step_7, run / "checkpoints" / "9")
+  damaged = max((p for p in (run / "checkpoints" / "9" / "params").rglob("*") if p.is_file()),
+                key=lambda p: p.stat().st_size)
+  flip_a_bit(damaged)
+  before = sorted(p.name for p in (run / "checkpoints").iterdir())
+  out = subprocess.run(
+      [sys.executable, "-m", "phd_jax.evaluate", f"--workdir={run}", "--tasks=loss",
+       f"--data_dir={data_dir}", "--no_progress"], cwd=REPO_ROOT, capture_output=True, text=True,
+      timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  [line] = out.stderr.splitlines()
+  assert (f"checkpoint {run}/checkpoints/9 is corrupted: params/"
+          f"{damaged.relative_to(run / 'checkpoints' / '9' / 'params')} does not match the "
+          "crc32 recorded when it was saved; trying the step before it.") in line, line
+  assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
+  assert sorted(p.name for p in run.glob("eval_*")) == ["eval_step7.json", "eval_step7.md"]
+  got = json.loads((run / "eval_step7.json").read_text())
+  assert got["results"]["loss"]["loss"] == pytest.approx(expected["loss"]["loss"], rel=1e-5)

@@ -15,7 +15,7 @@ from lm_eval.api.registry import get_model  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
 import phd_jax.eval.harness  # noqa: E402,F401  (registers "phd_jax")
-from eval_helpers import eval_data_dir, small_config  # noqa: E402
+from eval_helpers import eval_config, eval_data_dir  # noqa: E402
 from phd_jax import checkpoint, decode, sharding, state  # noqa: E402
 from phd_jax.eval.scorer import encode_pair  # noqa: E402
 from phd_jax.eval.tasks import evaluate_task, load_task  # noqa: E402
@@ -41,7 +41,7 @@ metric_list:
 @pytest.fixture(scope="module")
 def lm(tmp_path_factory):
   """lm-eval's `phd_jax` model over a params-only export, built through the registry."""
-  config = small_config("PHD-SWA-2-2-inf")
+  config = eval_config("PHD-SWA-2-2-inf")
   mesh = sharding.make_mesh(config, sizes=(2, 2, 2))
   export = tmp_path_factory.mktemp("export") / "params"
   checkpoint.export_params(export, state.init_state(config, mesh)[1].params, config)

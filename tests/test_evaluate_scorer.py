@@ -6,7 +6,7 @@ import pytest
 from flax import nnx
 
 from phd_jax import sharding
-from phd_jax.eval import packing
+from phd_jax.eval import batching
 from phd_jax.eval.scorer import Scorer, encode_pair
 from phd_jax.masks import parse_variant
 from phd_jax.model import ModelConfig, Transformer
@@ -85,8 +85,8 @@ def test_scorer_sharded_over_eight_devices_equals_per_request_forward():
 
 def test_plan_shares_prefixes_and_packs_rows():
   requests = make_requests()
-  plan = packing.plan(requests, SEQ_LEN)
-  inputs = {tuple(packing.windows(c, x, SEQ_LEN)[0][0]) for c, x in requests}
+  plan = batching.plan(requests, SEQ_LEN)
+  inputs = {tuple(batching.windows(c, x, SEQ_LEN)[0][0]) for c, x in requests}
   # No input that is a prefix of another is run on its own.
   served = [i for i in inputs if not any(j != i and j[:len(i)] == i for j in inputs)]
   assert (plan.segment_ids > 0).sum() == sum(len(i) for i in served)

@@ -100,6 +100,20 @@ def test_missing_task_file_and_unknown_task(tmp_path):
 GOOD = {"id": "0", "context": "c", "choices": [" a", " b"], "label": 0}
 
 
+@pytest.mark.parametrize("name", ["../outside", "{tmp_path}/outside"])
+def test_a_task_name_is_never_a_path(tmp_path, name):
+  """`--tasks` and `eval_tasks` name files: only the seven names do, so no name reaches a
+  file outside the data directory, even where a valid one waits there."""
+  name = name.format(tmp_path=tmp_path)
+  data_dir = tmp_path / "eval_data"
+  data_dir.mkdir()
+  write_task(tmp_path, "outside", [GOOD])
+  # where <data_dir>/<name>/<name>.jsonl leads for both names
+  (tmp_path / "outside.jsonl").write_text((tmp_path / "outside" / "outside.jsonl").read_text())
+  with pytest.raises(ValueError, match=f"unknown task '{name}'"):
+    load_task(str(data_dir), name)
+
+
 def test_the_whole_file_is_checked_when_one_example_is_asked_for(tmp_path):
   write_task(tmp_path, "piqa", [GOOD, GOOD, {**GOOD, "label": 5}])
   with pytest.raises(ValueError, match=r"piqa.jsonl:3: label 5"):

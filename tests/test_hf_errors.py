@@ -1,12 +1,13 @@
 """Bad Hugging Face inputs: one-line errors naming the file or field, before weights are read."""
 
 import json
-import os
+import shutil
 
 import pytest
 
 from phd_jax import convert, hf
 import hf_helpers
+from run_helpers import TINY_CONFIG
 
 
 @pytest.fixture(scope="module")
@@ -17,11 +18,8 @@ def sharded(tmp_path_factory):
 
 
 def _copy_with(source, target, **config_changes):
-  """`source` with config.json fields changed (None deletes); weights linked, not copied."""
-  target.mkdir()
-  for name in os.listdir(source):
-    if name != "config.json":
-      os.symlink(source / name, target / name)
+  """`source` with config.json fields changed (None deletes); the other files copied."""
+  shutil.copytree(source, target, ignore=shutil.ignore_patterns("config.json"))
   config = json.loads((source / "config.json").read_text())
   config.update(config_changes)
   config = {k: v for k, v in config.items() if v is not None}
@@ -86,7 +84,7 @@ def test_warm_start_config_mismatch_lists_the_flags_that_fix_it(sharded):
 
 
 def test_command_line_errors_are_one_line(tmp_path, sharded, capsys):
-  config = hf_helpers.REPO_ROOT / "configs" / "tiny.py"
+  config = TINY_CONFIG
   assert convert.main(["from_hf", f"--hf_dir={tmp_path / 'nothing'}", f"--config={config}",
                        f"--out={tmp_path / 'out'}"]) == 1
   err = capsys.readouterr().err

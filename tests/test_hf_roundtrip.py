@@ -6,13 +6,13 @@ import jax
 import ml_dtypes
 import numpy as np
 import pytest
-import tokenizers
 from flax import nnx
 from safetensors.numpy import load_file
 
 from phd_jax import checkpoint, convert, hf, state
 from phd_jax.hf import weights
 import hf_helpers
+from run_helpers import TINY_CONFIG
 
 
 def _hf_tensors(directory):
@@ -64,22 +64,14 @@ def test_hf_to_phd_jax_to_hf_returns_the_original_tensors(tmp_path, kind):
   assert hf.model_fields(hf.read_config(str(tmp_path / "out"))) == hf.model_fields(original)
 
 
-def _tokenizer_json(path):
-  vocab = {f"t{i}": i for i in range(hf_helpers.VOCAB - 1)} | {"<|endoftext|>": 127}
-  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="t0"))
-  tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-  tok.add_special_tokens(["<|endoftext|>"])
-  tok.save(str(path))
-
-
 def test_command_line_round_trip_carries_weights_and_tokenizer(tmp_path):
   source = hf_helpers.save_tiny("llama", tmp_path / "source")
-  _tokenizer_json(source / "tokenizer.json")
-  config = hf_helpers.REPO_ROOT / "configs" / "tiny.py"
+  hf_helpers.write_tokenizer_json(source / "tokenizer.json")
+  config = TINY_CONFIG
   export = tmp_path / "export"
   assert convert.main(["from_hf", f"--hf_dir={source}", f"--config={config}:PHD-2",
                        f"--out={export}"]) == 0
-  saved = checkpoint.load_config(export)
+  saved = checkpoint.saved_config(export)
   assert (saved.phd.variant, saved.model.norm_style, saved.model.d_model) == ("PHD-2", "pre", 64)
   assert saved.data.tokenizer == "hf"
   assert saved.data.tokenizer_path == str(export / "tokenizer.json")

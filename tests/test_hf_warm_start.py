@@ -1,12 +1,11 @@
 """Continued pretraining: a transformers checkpoint warm-starts a PHD-CSWA training run."""
 
-import json
-
 import numpy as np
 from flax import nnx
 
 from phd_jax import checkpoint, hf, sharding, state, train
 import hf_helpers
+from run_helpers import losses
 
 
 def test_hf_checkpoint_continues_as_phd_cswa_on_the_tiny_corpus(tmp_path):
@@ -20,9 +19,8 @@ def test_hf_checkpoint_continues_as_phd_cswa_on_the_tiny_corpus(tmp_path):
 
   train.train(config, str(tmp_path / "run"))
 
-  losses = [json.loads(line)["loss"] for line in open(tmp_path / "run" / "metrics.jsonl")
-            if "loss" in json.loads(line)]
-  assert len(losses) == 5 and np.isfinite(losses).all()
+  logged = losses(tmp_path / "run")
+  assert sorted(logged) == [1, 2, 3, 4, 5] and np.isfinite(list(logged.values())).all()
   abstract = state.abstract_state(config, sharding.make_mesh(config))
   trained = checkpoint.load_params(tmp_path / "run", abstract.params)
   # Five Adam steps move each parameter by about lr = 1e-4 at most: the run started from

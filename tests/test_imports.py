@@ -8,10 +8,11 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "phd_jax"
 # Entry points: what `python -m` runs and nothing imports. A new command line goes here
 # (or, if it is also a library, into LIBRARIES_WITH_A_COMMAND_LINE).
 ENTRY_POINTS = {"phd_jax.main", "phd_jax.evaluate", "phd_jax.generate", "phd_jax.sweep",
-                "phd_jax.compare", "phd_jax.convert", "phd_jax.eval.fetch", "phd_jax.eval.chase"}
+                "phd_jax.compare", "phd_jax.convert", "phd_jax.eval.fetch", "phd_jax.eval.chase",
+                "phd_jax.data.prepare"}
 # Libraries that also run as `python -m` (the command is a small `main` inside them).
-LIBRARIES_WITH_A_COMMAND_LINE = {"phd_jax.masks", "phd_jax.data.prepare",
-                                 "phd_jax.data.train_tokenizer", "phd_jax.eval.harness"}
+LIBRARIES_WITH_A_COMMAND_LINE = {"phd_jax.masks", "phd_jax.data.train_tokenizer",
+                                 "phd_jax.eval.harness"}
 
 
 def module_name(path: pathlib.Path) -> str:

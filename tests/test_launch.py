@@ -1,22 +1,20 @@
 """The launch scripts: their dry runs print the expected commands (expected text written
 out here), shellcheck passes, bad arguments fail early with a message, local.sh stops
-every rank when one fails, the TPU worker helper runs/follows/stops a run, and a real
-2-process x 4-CPU-device training run through local.sh matches a one-process run."""
+every rank when one fails, and the TPU worker helper runs/follows/stops a run (a real
+2-process training run through local.sh: test_multiprocess.py)."""
 
-import json
 import os
-import pathlib
 import shlex
 import signal
 import subprocess
 import textwrap
 import time
 
-import numpy as np
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-LAUNCH = ROOT / "launch"
+from run_helpers import REPO_ROOT
+
+LAUNCH = REPO_ROOT / "launch"
 SCRIPTS = ["local.sh", "gpu_slurm.sh", "tpu_pod.sh", "tpu_worker.sh"]
 
 
@@ -25,7 +23,7 @@ def launch(script, *args, env=None, check=True, timeout=60):
   full_env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"),
               "PYTHON": "python3", "TMPDIR": "/tmp", **(env or {})}
   proc = subprocess.run([str(LAUNCH / script), *args], env=full_env, capture_output=True,
-                        text=True, timeout=timeout, cwd=ROOT)
+                        text=True, timeout=timeout, cwd=REPO_ROOT)
   if check:
     assert proc.returncode == 0, proc.stderr
   return proc
@@ -199,12 +197,13 @@ def test_local_passes_an_argument_with_a_newline_as_one_word(tmp_path):
                        "--config.note=two\nlines"]
 
 
+@pytest.mark.slow
 def test_local_gpu_launch_warns_when_jax_sees_only_cpus(tmp_path):
   """The pre-flight check runs this repository's (CPU-only) JAX: a warning, not a refusal;
   the trainer still starts."""
   python = tmp_path / "python"  # the real interpreter for the check, a stand-in trainer
   python.write_text(f'#!/usr/bin/env bash\n[[ $1 == *check_accelerator.py ]] && '
-                    f'exec {ROOT / ".venv" / "bin" / "python"} "$@"\necho trainer ran\n')
+                    f'exec {REPO_ROOT / ".venv" / "bin" / "python"} "$@"\necho trainer ran\n')
   python.chmod(0o755)
   proc = launch("local.sh", "--num_processes", "1", "--platform", "gpu", "--python",
                 str(python), "--", "--config=c", f"--workdir={tmp_path / 'w'}",
@@ -215,8 +214,9 @@ def test_local_gpu_launch_warns_when_jax_sees_only_cpus(tmp_path):
   assert "trainer ran" in (tmp_path / "w" / "logs" / "rank_0.log").read_text()
 
 
+@pytest.mark.slow
 def test_accelerator_check_is_silent_when_jax_finds_the_platform():
-  python = str(ROOT / ".venv" / "bin" / "python")
+  python = str(REPO_ROOT / ".venv" / "bin" / "python")
   for platform, warns in (("cpu", False), ("tpu", True)):
     proc = subprocess.run([python, str(LAUNCH / "check_accelerator.py"), platform],
                           capture_output=True, text=True, timeout=60,
@@ -282,7 +282,7 @@ def test_slurm_copy_in_the_spool_directory_finds_the_repository(tmp_path, found_
   spool_copy.write_text((LAUNCH / "gpu_slurm.sh").read_text())
   spool_copy.chmod(0o755)
   env = {"PATH": os.environ["PATH"], "PYTHON": "python3", **SLURM_JOB,
-         found_by: str(LAUNCH if found_by == "PHD_JAX_LAUNCH_DIR" else ROOT)}
+         found_by: str(LAUNCH if found_by == "PHD_JAX_LAUNCH_DIR" else REPO_ROOT)}
   proc = subprocess.run([str(spool_copy), "--dry_run", "--", "--config=c.py", "--workdir=w"],
                         env=env, capture_output=True, text=True, cwd=tmp_path)
   assert proc.returncode == 0, proc.stderr
@@ -317,8 +317,8 @@ def test_tpu_dry_run_copies_the_tree_and_starts_every_worker():
       "# unless phd-v5p is already READY (a preempted or failed one is deleted first):",
       f"gcloud compute tpus tpu-vm create {at} --accelerator-type=v5p-64 "
       "--version=v2-alpha-tpuv5 --spot",
-      f"git -C {ROOT} ls-files -z --cached --others --exclude-standard | "
-      f"tar -C {ROOT} --null --ignore-failed-read -T - -czf /tmp/phd_jax-phd-v5p.tar.gz",
+      f"git -C {REPO_ROOT} ls-files -z --cached --others --exclude-standard | "
+      f"tar -C {REPO_ROOT} --null --ignore-failed-read -T - -czf /tmp/phd_jax-phd-v5p.tar.gz",
       "gcloud compute tpus tpu-vm scp /tmp/phd_jax-phd-v5p.tar.gz phd-v5p:phd_jax.tar.gz "
       "--zone=us-east5-a --project=lab --worker=all",
       f"gcloud compute tpus tpu-vm ssh {at} --worker=all '--command=if [ -f "
@@ -419,43 +419,3 @@ def test_tpu_worker_starts_follows_and_stops_a_detached_run(tmp_path):
   assert not (run_dir / "pid").exists()  # the finished run removed it; stop is a no-op
   launch("tpu_worker.sh", "stop", env=env)
 
-
-# ---------------------------------------------------------------- a real run
-
-TINY = {"model.vocab_size": 128, "model.d_model": 32, "model.num_layers": 2,
-        "model.num_heads": 4, "model.num_kv_heads": 2, "model.head_dim": 8,
-        "model.mlp_dim": 64, "seq_len": 16, "batch_size": 8, "num_steps": 2, "log_every": 1,
-        "eval_every": 0, "optim.warmup_steps": 1, "data.source": "synthetic",
-        "data.prefetch": 0, "checkpoint.every": 0}
-
-
-def losses(workdir):
-  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-  return {r["step"]: r["loss"] for r in records if "loss" in r}
-
-
-def test_local_two_processes_train_like_one(tmp_path):
-  """2 processes x 4 CPU devices through local.sh give the losses of one process with 8."""
-  from phd_jax import config as config_lib
-  from phd_jax import train
-
-  overrides = [f"--config.{k}={v}" for k, v in TINY.items()]
-  multi = tmp_path / "multi"
-  proc = launch("local.sh", "--num_processes", "2", "--devices_per_process", "4",
-                "--platform", "cpu", "--python", str(ROOT / ".venv" / "bin" / "python"), "--",
-                "--config=configs/tiny.py:PHD-CSWA-2-2-4", f"--workdir={multi}", *overrides,
-                "--verbosity=0", check=False, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  for rank in (0, 1):  # each rank logged to its own file (INFO shown with --verbosity=0)
-    log = (multi / "logs" / f"rank_{rank}.log").read_text()
-    assert "Connecting to JAX distributed service on localhost:" in log
-
-  config = config_lib.load_config(ROOT / "configs" / "tiny.py", "PHD-CSWA-2-2-4")
-  config.update_from_flattened_dict(TINY)
-  single = tmp_path / "single"
-  train.train(config, str(single))  # this process: 8 fake CPU devices (conftest)
-  expected = losses(single)
-  assert sorted(expected) == [1, 2]
-  got = losses(multi)
-  assert sorted(got) == sorted(expected)
-  np.testing.assert_allclose([got[s] for s in expected], list(expected.values()), rtol=1e-5)

@@ -10,19 +10,19 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--config=configs/tiny.py:PHD-CSWA-2-2-4", "--config.data.source=synthetic",
-        "--config.model.vocab_size=64", "--config.model.d_model=32",
-        "--config.model.num_layers=1", "--config.model.mlp_dim=64", "--config.seq_len=16",
-        "--config.batch_size=8", "--config.num_steps=6", "--config.log_every=3",
-        "--config.eval_every=0", "--config.optim.warmup_steps=2", "--config.mesh.data=2",
-        "--config.mesh.fsdp=2", "--config.mesh.tensor=2"]
+from run_helpers import REPO_ROOT, SHORT_RUN, config_flags, read_metrics
+
+pytestmark = pytest.mark.slow  # each test starts `python -m phd_jax.main`
+
+TINY = ["--config=configs/tiny.py:PHD-CSWA-2-2-4",
+        *config_flags(SHORT_RUN | {"num_steps": 6, "log_every": 3, "optim.warmup_steps": 2,
+                                   "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2})]
 
 
 OFFLINE = ["--config.data.source=synthetic", "--config.data.tokenizer=byte"]
 
 
-def start(*args, cwd=ROOT, env=None):
+def start(*args, cwd=REPO_ROOT, env=None):
   """`python -m phd_jax.main ARGS` on 8 fake CPU devices (from conftest's XLA_FLAGS)."""
   return subprocess.Popen([sys.executable, "-m", "phd_jax.main", *args], cwd=cwd, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -41,25 +41,34 @@ def olmo2_parameters(vocab, d_model, layers, heads, kv_heads, head_dim, mlp):
           layers * norms + d_model)
 
 
-def test_dry_run_prints_the_paper_parameter_counts():
-  names = ("olmo2_1b", "olmo2_550m")
-  runs = {name: start(f"--config=configs/{name}.py", *OFFLINE, "--dry_run") for name in names}
-  shapes = {"olmo2_1b": (50304, 2048, 16, 32, 8, 64, 8192),
+def test_dry_run_prints_the_paper_parameter_counts_before_any_data_exists(tmp_path):
+  """The README's sizing command on a fresh clone: parameters and memory need no data, then
+  one line names the missing tokenizer and corpus (exit 2), as training would refuse."""
+  names = ("olmo2_151m", "olmo2_550m", "olmo2_1b")
+  runs = {name: start(f"--config={REPO_ROOT}/configs/{name}.py", "--dry_run", cwd=tmp_path)
+          for name in names}
+  shapes = {"olmo2_151m": (50304, 768, 12, 12, 4, 64, 2048),
+            "olmo2_1b": (50304, 2048, 16, 32, 8, 64, 8192),
             "olmo2_550m": (50304, 1536, 16, 16, 4, 96, 4096)}
-  paper_size = {"olmo2_1b": 1.2e9, "olmo2_550m": 550e6}
+  paper_size = {"olmo2_151m": 151e6, "olmo2_1b": 1.2e9, "olmo2_550m": 550e6}
   for name, process in runs.items():
     code, out, err = finish(process)
-    assert code == 0, err[-2000:]
+    assert code == 2 and err.count("\n") == 1, (out, err)
+    assert re.fullmatch(r"phd_jax.main: error: data.tokenizer_path='tokenizers/gpt-neox-20b/"
+                        r"tokenizer.json': no such tokenizer.json file .*; data.train_split="
+                        r"'train': data.name='fineweb_edu': no such prepared dataset in "
+                        r"data/tfds.*\n", err), err
     total, norms = olmo2_parameters(*shapes[name])
     assert total == pytest.approx(paper_size[name], rel=0.02)
-    documented = open(os.path.join(ROOT, "configs", f"{name}.py")).read()
-    assert f"Parameters: {total:,} " in documented
+    documented = open(os.path.join(REPO_ROOT, "configs", f"{name}.py")).read()
+    assert f"{total:,} parameters" in documented or f"Parameters: {total:,} " in documented
     assert re.search(r"^parameters: (\d+)$", out, re.M)[1] == str(total)
     without_norms = int(re.search(r"^parameters without norm scales: (\d+)", out, re.M)[1])
     assert without_norms == total - norms
     # float32 params + two Adam moments, split over 8 fsdp devices
     memory = float(re.search(r"memory per device .*: ([\d.]+) GiB", out)[1])
     assert memory == pytest.approx(total * 12 / 8 / 2**30, abs=2e-3)
+  assert not os.listdir(tmp_path)
 
 
 def test_trains_from_the_command_line(tmp_path):
@@ -71,7 +80,7 @@ def test_trains_from_the_command_line(tmp_path):
   assert re.search(r"^done: step 6, loss [\d.]+;", out, re.M)
   assert out.startswith("jax cpu: 8 x cpu in 1 process(es); mesh {'data': 2, 'fsdp': 2, "
                         "'tensor': 2}\n")
-  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  rows = read_metrics(tmp_path)
   assert [r["step"] for r in rows] == [3, 6]
   assert json.load(open(tmp_path / "config.json"))["mesh"]["tensor"] == 2
   assert os.listdir(tmp_path / "checkpoints") == ["6"]  # the final save
@@ -90,7 +99,7 @@ def test_hyperparameters_reach_tensorboard(tmp_path):
   assert "| optim.lr | 0.003 |" in table
 
 
-def usage_error(*args, cwd=ROOT):
+def usage_error(*args, cwd=REPO_ROOT):
   """(stderr, files left in the workdir) of a run that must exit 2 with one line."""
   code, out, err = finish(start(*args, cwd=cwd))
   assert code == 2, (out, err)
@@ -124,9 +133,26 @@ def test_a_missing_config_file_is_named(tmp_path):
 
 def test_paper_config_without_its_tokenizer_fails_before_writing(tmp_path):
   workdir = tmp_path / "run"
-  err = usage_error(f"--config={ROOT}/configs/olmo2_151m.py", f"--workdir={workdir}",
+  err = usage_error(f"--config={REPO_ROOT}/configs/olmo2_151m.py", f"--workdir={workdir}",
                     cwd=tmp_path)
   assert "data.tokenizer_path='tokenizers/gpt-neox-20b/tokenizer.json': no such" in err
+  assert not workdir.exists()
+
+
+@pytest.mark.parametrize("source", ["checkpoint", "hf_missing", "hf_without_config"])
+def test_a_missing_warm_start_is_one_line_in_training_and_dry_run(tmp_path, source):
+  (tmp_path / "empty").mkdir()
+  warm_start, problem = {
+      "checkpoint": (f"{tmp_path}/nope", f"checkpoint path {tmp_path}/nope does not exist"),
+      "hf_missing": (f"hf:{tmp_path}/nope", f"{tmp_path}/nope/config.json does not exist"),
+      "hf_without_config": (f"hf:{tmp_path}/empty",
+                            f"{tmp_path}/empty/config.json does not exist"),
+  }[source]
+  workdir = tmp_path / "run"
+  for mode in ("--dry_run", f"--workdir={workdir}"):
+    err = usage_error(*TINY, f"--config.checkpoint.warm_start={warm_start}", mode)
+    assert err.startswith(f"phd_jax.main: error: checkpoint.warm_start='{warm_start}': "
+                          f"{problem}"), err
   assert not workdir.exists()
 
 
@@ -184,7 +210,7 @@ def _assert_disk_full_line(err, path_prefix):
 
 def test_full_disk_is_one_line_naming_the_file(tmp_path):
   process = subprocess.Popen([sys.executable, "-c", FULL_DISK_DRIVER, *TINY,
-                              "--config.log_every=1", f"--workdir={tmp_path}"], cwd=ROOT,
+                              "--config.log_every=1", f"--workdir={tmp_path}"], cwd=REPO_ROOT,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   code, _, err = finish(process)
   assert code == 1

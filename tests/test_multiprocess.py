@@ -1,57 +1,47 @@
 """Two processes on localhost (2 x 4 CPU devices, gloo collectives), started by
 launch/local.sh, train the same losses as one process with 8 devices."""
 
-import functools
-import json
 import os
 import subprocess
+import sys
 
 import numpy as np
+import pytest
 
-from phd_jax import config as config_lib
 from phd_jax import train
-from test_main import ROOT, TINY
+from run_helpers import REPO_ROOT, SHORT_RUN, config_flags, losses, tiny_config
+
+pytestmark = pytest.mark.slow
 
 STEPS = 4
-
-
-def losses(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line)["loss"] for line in f]
-
-
-def config_from_flags(flags):
-  """The config `phd_jax.main` builds from `--config=FILE:VARIANT --config.a.b=v` flags."""
-  path = next(f for f in flags if f.startswith("--config=")).split("=")[1]
-  config = config_lib.load_config(os.path.join(ROOT, path))
-  for flag in flags:
-    if flag.startswith("--config."):
-      key, value = flag.removeprefix("--config.").split("=")
-      *parents, leaf = key.split(".")
-      node = functools.reduce(lambda n, p: n[p], parents, config)
-      node[leaf] = type(node[leaf])(value)
-  return config
+VARIANT = "PHD-CSWA-2-2-4"
+RUN = SHORT_RUN | {"num_steps": STEPS, "log_every": 1, "checkpoint.every": 0}
 
 
 def test_two_processes_match_one(tmp_path):
   multi = tmp_path / "two_processes"
   # the dcn axis spans the two processes: a hybrid mesh grouped by process
-  flags = [f for f in TINY if not f.startswith("--config.mesh")] + [
-      f"--config.num_steps={STEPS}", "--config.log_every=1", "--config.mesh.data=-1",
-      "--config.mesh.dcn_data=2", "--config.checkpoint.every=0", f"--workdir={multi}"]
+  flags = config_flags(RUN | {"mesh.data": -1, "mesh.dcn_data": 2})
   launched = subprocess.Popen(
       ["bash", "launch/local.sh", "--num_processes", "2", "--devices_per_process", "4",
-       "--", *flags], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+       "--platform", "cpu", "--python", sys.executable, "--",
+       f"--config=configs/tiny.py:{VARIANT}", f"--workdir={multi}", *flags, "--verbosity=0"],
+      cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
-  one_process = [f for f in flags if not f.startswith("--config.mesh")] + [
-      "--config.mesh.data=8"]
-  train.train(config_from_flags(one_process), str(tmp_path / "one_process"))
+  one_process = tiny_config(VARIANT)
+  one_process.update_from_flattened_dict(RUN | {"mesh.data": 8})
+  train.train(one_process, str(tmp_path / "one_process"))  # conftest's 8 fake CPU devices
   out, _ = launched.communicate(timeout=600)
   assert launched.returncode == 0, out[-3000:]
 
   expected = losses(tmp_path / "one_process")
-  assert len(expected) == STEPS
-  np.testing.assert_allclose(losses(multi), expected, rtol=2e-5)
+  assert sorted(expected) == list(range(1, STEPS + 1))
+  got = losses(multi)
+  assert sorted(got) == sorted(expected)
+  np.testing.assert_allclose([got[step] for step in expected], list(expected.values()),
+                             rtol=2e-5)
   assert os.listdir(multi / "checkpoints") == [str(STEPS)]
-  rank1 = open(multi / "logs" / "rank_1.log").read()
-  assert "loss" not in rank1  # only process 0 prints progress
+  logs = [(multi / "logs" / f"rank_{rank}.log").read_text() for rank in (0, 1)]
+  for log in logs:  # each rank logs to its own file (INFO shown with --verbosity=0)
+    assert "Connecting to JAX distributed service on localhost:" in log
+  assert "loss" not in logs[1]  # only process 0 prints progress

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from phd_jax import optim, state
-from test_train import small_config
+from run_helpers import small_config
 
 
 def schedule_config(kind, **optim_fields):

@@ -6,9 +6,10 @@ import socket
 import subprocess
 import sys
 
-from phd_jax import checkpoint, preemption
+import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from phd_jax import checkpoint, preemption
+from run_helpers import REPO_ROOT
 
 
 def test_preemption_guard_sees_sigterm_at_the_next_step():
@@ -32,12 +33,7 @@ import jax
 jax.distributed.initialize(f"localhost:{port}", 2, process)
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
-from flax import struct
-from phd_jax import checkpoint, defaults, preemption
-class TrainState(struct.PyTreeNode):
-  step: jax.Array
-  params: dict
-  opt_state: dict
+from phd_jax import checkpoint, defaults, preemption, state
 mesh = jax.make_mesh((4,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 full = np.arange(32.0).reshape(8, 4)
 def array(value, *spec):
@@ -52,12 +48,12 @@ with checkpoint.Checkpointer(workdir, config) as ckpt:
       os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(0.01)
     if guard.reached(step):
-      state = TrainState(step=array(np.int32(step)), params={"w": array(step * full, "data")},
-                         opt_state={})
-      ckpt.save(step, state, {"process": process, "step": step}, force=True)
+      saved = state.TrainState(step=array(np.int32(step)),
+                               params={"w": array(step * full, "data")}, opt_state={})
+      ckpt.save(step, saved, {"process": process, "step": step}, force=True)
       break
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                          state)
+                          saved)
   restored, data_state = ckpt.restore(abstract)
 shard = restored.params["w"].addressable_shards[0]
 assert np.array_equal(np.asarray(shard.data), step * full[shard.index])
@@ -71,13 +67,14 @@ def _free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_stop_at_one_step_and_keep_their_own_data_state(tmp_path):
   env = {**os.environ, "JAX_PLATFORMS": "cpu",
          "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-         "PYTHONPATH": ROOT}
+         "PYTHONPATH": str(REPO_ROOT)}
   port = str(_free_port())
   processes = [subprocess.Popen([sys.executable, "-c", TWO_PROCESS_DRIVER, str(i), port,
-                                 str(tmp_path)], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                                 str(tmp_path)], env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True) for i in range(2)]
   outputs = [p.communicate(timeout=300) for p in processes]
   for p, (out, err) in zip(processes, outputs):

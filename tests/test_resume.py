@@ -17,20 +17,17 @@ import jax
 import numpy as np
 import pytest
 
+from checkpoint_helpers import flip_a_bit
 from phd_jax import checkpoint, sharding, state
+from run_helpers import REPO_ROOT, SHORT_RUN, config_flags
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow  # each test starts `python -m phd_jax.main`
+
 STEPS = 12
-FLAGS = [
-    "--config=configs/tiny.py:PHD-CSWA-2-4-8", f"--config.num_steps={STEPS}",
-    "--config.model.vocab_size=128", "--config.model.d_model=32",
-    "--config.model.num_layers=1", "--config.model.num_heads=2",
-    "--config.model.num_kv_heads=1", "--config.model.head_dim=16",
-    "--config.model.mlp_dim=32", "--config.seq_len=16", "--config.batch_size=8",
-    "--config.log_every=1", "--config.eval_every=0", "--config.optim.warmup_steps=2",
-    "--config.data.source=synthetic", "--config.checkpoint.every=1",
-    f"--config.checkpoint.keep={STEPS}",
-]
+FLAGS = ["--config=configs/tiny.py:PHD-CSWA-2-4-8",
+         *config_flags(SHORT_RUN | {"num_steps": STEPS, "model.mlp_dim": 32, "log_every": 1,
+                                    "optim.warmup_steps": 2, "checkpoint.every": 1,
+                                    "checkpoint.keep": STEPS})]
 # Runs phd_jax.main with a fault injected when the loop asks to save step AT:
 #   kill: wait until step AT-1 is on disk, start saving AT, SIGKILL this process mid-write;
 #   term: send SIGTERM to this process (as a scheduler would) and carry on;
@@ -70,23 +67,24 @@ ENV = {**os.environ, "JAX_PLATFORMS": "cpu",  # 2 devices: sharded saves; fast c
 
 
 def _run(workdir, fault=None, at=0, extra=()):
-  return subprocess.run(_command(workdir, fault, at, extra), cwd=ROOT, env=ENV,
+  return subprocess.run(_command(workdir, fault, at, extra), cwd=REPO_ROOT, env=ENV,
                         capture_output=True, text=True, timeout=600)
 
 
+def _warnings(lines):
+  """Each line one absl warning (a step set aside, a lock taken over): nothing else."""
+  return all(re.match(r"W\d{4} \d\d:\d\d:\d\d", line) for line in lines)
+
+
 def _one_line_error(result, *phrases):
-  """The run exited 1 with its last stderr line the error (warnings may precede it; at
-  exit asyncio may still report a failed background read of a damaged file after it)."""
+  """The run exited 1 with the error as the last line of stderr, only one-line warnings
+  before it and nothing after it (no traceback, no asyncio report at exit)."""
   assert result.returncode == 1, (result.stdout, result.stderr[-3000:])
-  assert "Traceback" not in result.stderr, result.stderr[-3000:]
   lines = result.stderr.splitlines()
-  errors = [i for i, line in enumerate(lines) if line.startswith("phd_jax.main: error: ")]
-  assert errors, result.stderr[-3000:]
-  after = lines[errors[-1] + 1:]
-  assert not after or "Future exception was never retrieved" in after[0], result.stderr[-3000:]
-  last = lines[errors[-1]]
+  assert lines and lines[-1].startswith("phd_jax.main: error: "), result.stderr[-3000:]
+  assert _warnings(lines[:-1]), result.stderr[-3000:]
   for phrase in phrases:
-    assert phrase in last, (phrase, last)
+    assert phrase in lines[-1], (phrase, lines[-1])
 
 
 def _losses(workdir):
@@ -103,7 +101,7 @@ def _losses(workdir):
 def _params(workdir, step):
   """The params saved at `step`, as numpy arrays in tree order (read on this process's
   devices through the saved config, as an evaluation would)."""
-  config = checkpoint.load_config(workdir)
+  config = checkpoint.saved_config(workdir)
   abstract = state.abstract_state(config, sharding.make_mesh(config)).params
   params = checkpoint.load_params(os.path.join(workdir, "checkpoints", str(step)), abstract)
   return [np.asarray(x) for x in jax.tree.leaves(params)]
@@ -172,19 +170,26 @@ def _copy_until(source, workdir, step):
 
 
 def _garble(path):
-  """Same-size garbage: the recorded sizes still match, only reading back fails."""
+  """Same-size garbage: the recorded sizes still match; without checksums only reading it
+  back fails."""
   size = os.path.getsize(path)
   with open(path, "wb") as f:
     f.write(bytes(range(256)) * (size // 256) + bytes(size % 256))
 
 
-def _array_file(folder):
-  files = glob.glob(os.path.join(folder, "params", "**", "d", "*"), recursive=True)
+def _array_file(folder, item="params"):
+  files = glob.glob(os.path.join(folder, item, "**", "d", "*"), recursive=True)
   return max(files, key=os.path.getsize)
 
 
-def _data_file(folder):
-  return os.path.join(folder, "data", "process_0-of-1.json")
+# Every kind of file a step writes: {kind: its file in a step folder}.
+STEP_FILES = {
+    "params": _array_file,
+    "optimizer state": lambda folder: _array_file(folder, "train_state"),
+    "data iterator state": lambda folder: os.path.join(folder, "data", "process_0-of-1.json"),
+    "config": lambda folder: os.path.join(folder, "config", "config.json"),
+    "metadata": lambda folder: os.path.join(folder, "meta", "meta.json"),
+}
 
 
 def _assert_continues_as(workdir, expected_workdir, first_step):
@@ -196,18 +201,39 @@ def _assert_continues_as(workdir, expected_workdir, first_step):
   _assert_same_params(workdir, expected_workdir, STEPS)
 
 
-@pytest.mark.parametrize("damage", [_array_file, _data_file])
-def test_damaged_newest_checkpoint_is_set_aside_and_the_previous_resumed(
-    tmp_path, uninterrupted, damage):
+@pytest.mark.parametrize("kind", STEP_FILES)
+def test_a_flipped_bit_sets_the_newest_step_aside_and_the_previous_is_resumed(
+    tmp_path, uninterrupted, kind):
+  """A same-size change that may still read back (another number in a JSON file, another
+  bit in an array chunk): the checksum tells, in one line, before anything is restored."""
   workdir = str(tmp_path / "run")
   _copy_until(uninterrupted, workdir, 8)
-  _garble(damage(os.path.join(workdir, "checkpoints", "8")))
+  step_folder = os.path.join(workdir, "checkpoints", "8")
+  damaged = STEP_FILES[kind](step_folder)
+  flip_a_bit(damaged)
   resumed = _run(workdir)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"restored step 7 from {workdir}/checkpoints/7\n" in resumed.stdout
-  assert f"could not restore checkpoint {workdir}/checkpoints/8" in resumed.stderr
-  assert "Traceback" not in resumed.stderr
-  assert os.path.isdir(os.path.join(workdir, "checkpoints", "8.corrupt"))  # kept, not deleted
+  [line] = resumed.stderr.splitlines()
+  assert _warnings([line]) and (
+      f"checkpoint {step_folder} is corrupted: {os.path.relpath(damaged, step_folder)} does "
+      f"not match the crc32 recorded when it was saved): moved to {step_folder}.corrupt, not "
+      "deleted.") in line, line
+  assert os.path.isdir(step_folder + ".corrupt")  # kept, not deleted
+  _assert_continues_as(workdir, uninterrupted, 8)
+
+
+def test_unreadable_newest_step_without_checksums_is_set_aside_when_its_restore_fails(
+    tmp_path, uninterrupted):
+  workdir = str(tmp_path / "run")
+  _copy_until(uninterrupted, workdir, 8)
+  _garble(_array_file(os.path.join(workdir, "checkpoints", "8")))
+  resumed = _run(workdir, extra=["--config.checkpoint.checksums=false"])
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f"restored step 7 from {workdir}/checkpoints/7\n" in resumed.stdout
+  [line] = resumed.stderr.splitlines()  # no report of Orbax's abandoned reads at exit
+  assert _warnings([line]) and f"could not restore checkpoint {workdir}/checkpoints/8" in line
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", "8.corrupt"))
   _assert_continues_as(workdir, uninterrupted, 8)
 
 
@@ -216,7 +242,7 @@ def test_all_checkpoints_damaged_refuses_unless_restart_is_allowed(tmp_path, uni
   _copy_until(uninterrupted, workdir, 2)
   for step in (1, 2):
     _garble(_array_file(os.path.join(workdir, "checkpoints", str(step))))
-  refused = _run(workdir)
+  refused = _run(workdir, extra=["--config.checkpoint.checksums=false"])  # reads fail
   _one_line_error(refused, f"no checkpoint in {workdir}/checkpoints reads back whole",
                   "1.corrupt, 2.corrupt", "--allow_restart", workdir)
   _one_line_error(_run(workdir), "1.corrupt, 2.corrupt")  # still refused: nothing was lost
@@ -283,7 +309,7 @@ def test_config_change_allowed_on_request(tmp_path, uninterrupted):
 
 def test_second_trainer_on_a_workdir_refuses_until_the_first_is_killed(tmp_path, uninterrupted):
   workdir = str(tmp_path / "run")
-  first = subprocess.Popen(_command(workdir, "stall", 4), cwd=ROOT, env=ENV,
+  first = subprocess.Popen(_command(workdir, "stall", 4), cwd=REPO_ROOT, env=ENV,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   try:
     deadline = time.time() + 300
@@ -304,3 +330,32 @@ def test_second_trainer_on_a_workdir_refuses_until_the_first_is_killed(tmp_path,
   assert f"pid {first.pid}" in resumed.stderr and "its process is gone" in resumed.stderr
   assert not os.path.exists(os.path.join(workdir, "lock.json"))  # released at the end
   _assert_continues_as(workdir, uninterrupted, 4)
+
+
+@pytest.mark.slow
+def test_two_processes_set_aside_a_step_whose_damage_only_process_1_reads(tmp_path):
+  """Each process checks the checksums of a share of a step's files (process i: every
+  other file from the i-th, in name order); both learn of a mismatch in process 1's share,
+  set the step aside together and resume from the step before."""
+  workdir = tmp_path / "run"
+
+  def launch():
+    return subprocess.run(
+        ["bash", "launch/local.sh", "--num_processes", "2", "--devices_per_process", "1",
+         "--platform", "cpu", "--python", sys.executable, "--", *FLAGS,
+         "--config.num_steps=3", f"--workdir={workdir}"],
+        cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+
+  first = launch()
+  assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+  step_folder = workdir / "checkpoints" / "3"
+  names = sorted(json.loads((step_folder / "integrity.json").read_text())["crc32"])
+  flip_a_bit(step_folder / names[1])  # process 1's first file
+  resumed = launch()
+  assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+  logs = [(workdir / "logs" / f"rank_{rank}.log").read_text() for rank in (0, 1)]
+  assert f"restored step 2 from {workdir}/checkpoints/2" in logs[0]
+  assert (f"checkpoint {step_folder} is corrupted: {names[1]} does not match the crc32 "
+          "recorded when it was saved or cannot be read (found by process 1)") in logs[0]
+  assert (workdir / "checkpoints" / "3.corrupt").is_dir()
+  assert checkpoint.folder_problem(step_folder) is None  # step 3 trained and saved again

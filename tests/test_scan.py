@@ -2,24 +2,23 @@
 through checkpoints), sharding works, and the program does not grow with depth."""
 
 import dataclasses
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax import nnx, struct
+from flax import nnx
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from phd_jax import checkpoint, sharding
-from phd_jax import config as config_lib
+from phd_jax import state as state_lib
 from phd_jax.layers import constrain
 from phd_jax.loss import next_token_loss
 from phd_jax.masks import parse_variant
 from phd_jax.model import ModelConfig, Transformer, is_stacked, stack_layers, unstack_layers
+from run_helpers import tiny_config
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CFG = ModelConfig(vocab_size=61, d_model=32, num_layers=3, num_heads=4, num_kv_heads=2,
                   head_dim=8, mlp_dim=48, rope_theta=10_000.0)
 VARIANTS = ["Vanilla", "PHD-3", "PHD-SWA-2-4-inf", "PHD-CSWA-3-4-4"]
@@ -116,23 +115,19 @@ def _mesh(shape):
 
 
 def _config(scan_layers):
-  c = config_lib.load_config(REPO_ROOT / "configs" / "tiny.py", "PHD-CSWA-2-4-8")
+  c = tiny_config("PHD-CSWA-2-4-8")
   c.model.update(vocab_size=64, d_model=32, num_layers=3, num_heads=4, num_kv_heads=2,
                  head_dim=8, mlp_dim=32, scan_layers=scan_layers)
   return c
 
 
-def _model(config, seed=0):
-  return Transformer(config_lib.model_config(config), config_lib.phd_spec(config),
-                     rngs=nnx.Rngs(seed))
-
-
 @pytest.mark.parametrize("saved_scanned", [True, False])
 def test_exported_params_restore_into_the_other_layout(tmp_path, saved_scanned):
-  saved = nnx.state(_model(_config(saved_scanned)), nnx.Param)
+  saved = nnx.state(state_lib.new_model(_config(saved_scanned)), nnx.Param)
   path = checkpoint.export_params(tmp_path / "export", saved, _config(saved_scanned))
   mesh = _mesh((1, 2, 2))  # sharded target: the conversion lands on its shardings
-  target = nnx.state(nnx.eval_shape(lambda: _model(_config(not saved_scanned))), nnx.Param)
+  target = nnx.eval_shape(lambda: state_lib.new_model(_config(not saved_scanned)))
+  target = nnx.state(target, nnx.Param)
   abstract = _abstract(target, mesh)
   restored = checkpoint.load_params(path, abstract)
   expected = unstack_layers(saved) if saved_scanned else stack_layers(saved)
@@ -141,26 +136,20 @@ def test_exported_params_restore_into_the_other_layout(tmp_path, saved_scanned):
     assert got.sharding.is_equivalent_to(want.sharding, got.ndim)
 
 
-class TrainState(struct.PyTreeNode):  # the trainer's layout (step, params, opt_state)
-  step: jax.Array
-  params: nnx.State
-  opt_state: optax.OptState
-
-
 def test_train_state_resumes_across_layouts(tmp_path):
   """Optimizer moments mirror the params: a looped run's state resumes scanned."""
   tx = optax.adam(1e-2)
-  params = nnx.state(_model(_config(False)), nnx.Param)
+  params = nnx.state(state_lib.new_model(_config(False)), nnx.Param)
   moments = jax.tree.map(lambda x: x + 1.0, params)  # distinct from the params
   opt_state = tx.init(params)
   opt_state = (opt_state[0]._replace(mu=moments, nu=params),) + opt_state[1:]
-  state = TrainState(step=jnp.int32(7), params=params, opt_state=opt_state)
+  state = state_lib.TrainState(step=jnp.int32(7), params=params, opt_state=opt_state)
   with checkpoint.Checkpointer(tmp_path, _config(False)) as ckpt:
     ckpt.save(7, state, {"position": 0}, force=True)
     ckpt.wait_until_finished()
-  scanned_params = nnx.state(nnx.eval_shape(lambda: _model(_config(True))), nnx.Param)
-  target = TrainState(step=jnp.int32(0), params=scanned_params,
-                      opt_state=tx.init(scanned_params))
+  scanned_params = nnx.state(nnx.eval_shape(lambda: state_lib.new_model(_config(True))), nnx.Param)
+  target = state_lib.TrainState(step=jnp.int32(0), params=scanned_params,
+                                opt_state=tx.init(scanned_params))
   abstract = _abstract(target, _mesh((2, 2, 1)))
   with checkpoint.Checkpointer(tmp_path, _config(True)) as ckpt:
     restored, data_state = ckpt.restore(abstract)

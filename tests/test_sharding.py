@@ -5,7 +5,7 @@ import pytest
 from jax.sharding import AxisType, PartitionSpec as P
 
 from phd_jax import sharding, state, train
-from test_train import small_config
+from run_helpers import small_config
 
 
 @pytest.mark.parametrize("axes, expected", [
@@ -64,11 +64,11 @@ def test_data_parallel_mesh_replicates_parameters():
 
 
 def test_large_replicated_parameter_is_caught():
-  state, _ = param_specs((1, 8, 1))
-  mesh = state.step.sharding.mesh
-  sharding.check_not_replicated(state.params, mesh)  # the model's own params are split
+  abstract, _ = param_specs((1, 8, 1))
+  mesh = abstract.step.sharding.mesh
+  sharding.check_not_replicated(abstract.params, mesh)  # the model's own params are split
   with pytest.raises(ValueError, match=r"\['scale'\].*replicated"):
-    sharding.check_not_replicated(state.params, mesh, limit=32)  # norms are d_model = 32
+    sharding.check_not_replicated(abstract.params, mesh, limit=32)  # norms are d_model = 32
 
 
 def test_unknown_logical_axis_is_an_error():

@@ -4,32 +4,26 @@ training, and its runs make a comparison report whose numbers are the metrics fi
 
 import json
 import os
-import pathlib
 import shlex
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from phd_jax import compare, sweep
+from run_helpers import REPO_ROOT, SHORT_RUN, TINY_CONFIG, config_flags, read_metrics
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-CONFIG = str(REPO_ROOT / "configs" / "tiny.py")
-# Seconds per run: synthetic tokens, one narrow layer, 4 steps of 8 x 16 tokens.
-TINY = ["--config.data.source=synthetic", "--config.model.num_layers=1",
-        "--config.model.d_model=32", "--config.model.mlp_dim=64", "--config.model.head_dim=8",
-        "--config.seq_len=16", "--config.batch_size=8", "--config.num_steps=4",
-        "--config.log_every=1", "--config.eval_every=2", "--config.eval_batches=1",
-        "--config.checkpoint.every=2", "--config.optim.warmup_steps=1"]
-
-
-def metrics(run_dir):
-  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f if line.strip()]
+CONFIG = str(TINY_CONFIG)
+# Seconds per run: 4 steps of the short run, a checkpoint and an evaluation every 2.
+TINY = config_flags(SHORT_RUN | {"num_steps": 4, "log_every": 1, "eval_every": 2,
+                                 "eval_batches": 1, "checkpoint.every": 2,
+                                 "optim.warmup_steps": 1})
 
 
 def last_eval_loss(run_dir):
-  return [m["eval_loss"] for m in metrics(run_dir) if "eval_loss" in m][-1]
+  return [m["eval_loss"] for m in read_metrics(run_dir) if "eval_loss" in m][-1]
 
 
 def test_dry_run_prints_one_command_per_run(tmp_path, capsys):
@@ -66,6 +60,7 @@ def test_bad_input_is_refused_before_training(tmp_path, capsys, args, message):
   assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_sweep_resumes_interrupted_run_and_reports(tmp_path, capsys, monkeypatch):
   # The runs are subprocesses: one device each (not the 8 fake ones) compiles faster.
   monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")
@@ -94,12 +89,14 @@ def test_sweep_resumes_interrupted_run_and_reports(tmp_path, capsys, monkeypatch
   assert sweep.read_status(runs["Vanilla", 0])["attempts"] == 1
   log = open(os.path.join(interrupted, sweep.LOG_FILE)).read()
   assert log.count("$ ") == 2  # two commands, the second one resumed
-  resumed_steps = [m["step"] for m in metrics(interrupted) if "loss" in m]
+  resumed_steps = [m["step"] for m in read_metrics(interrupted) if "loss" in m]
   assert resumed_steps == [1, 2, 3, 4, 3, 4]
   np.testing.assert_allclose(last_eval_loss(interrupted), uninterrupted_loss, rtol=1e-5)
 
   # The report from these runs: its numbers are the metrics files'.
-  md, tokens_png, flops_png = compare.write_report([str(tmp_path)], str(tmp_path / "report"))
+  (md, tokens_png, flops_png), damaged = compare.write_report([str(tmp_path)],
+                                                              str(tmp_path / "report"))
+  assert damaged == []
   table = open(md).read()
   for variant in ("Vanilla", "PHD-2"):
     finals = [last_eval_loss(runs[variant, s]) for s in (0, 1)]
@@ -120,6 +117,48 @@ def test_a_run_that_exits_0_is_done_only_at_its_last_step(tmp_path, saved, expec
   if saved is not None:
     os.makedirs(tmp_path / "run" / "checkpoints" / str(saved))
   os.makedirs(tmp_path / "run" / "checkpoints" / "9.corrupt", exist_ok=True)  # set aside
-  status = sweep.execute(run, ["python3", "-c", "pass"])
+  status = sweep.execute(run, ["python3", "-c", "pass"], None)
   assert (status["status"], status["returncode"]) == (expected, 0)
   assert sweep.read_status(run.workdir)["status"] == expected
+
+
+@pytest.mark.slow
+def test_an_empty_or_truncated_status_file_resumes_the_run_with_one_warning(tmp_path):
+  """`python -m phd_jax.sweep` as typed: a damaged sweep_status.json means "not done"."""
+  env = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0")  # one device
+
+  def run_sweep():
+    return subprocess.run([sys.executable, "-m", "phd_jax.sweep", f"--config={CONFIG}",
+                           "--variants=Vanilla", f"--workdir={tmp_path}", *TINY], env=env,
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+                          check=False)
+  first = run_sweep()
+  assert first.returncode == 0, first.stderr
+  status_file = tmp_path / "Vanilla" / "seed0" / sweep.STATUS_FILE
+  text = status_file.read_text()
+  for damaged in ("", text[:len(text) // 2]):
+    status_file.write_text(damaged)
+    again = run_sweep()
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.count("\n") == 1 and again.stderr.startswith(
+        f"warning: {status_file} is damaged: not JSON (") and again.stderr.endswith(
+        "; the run is resumed\n"), again.stderr
+    assert "training in" in again.stdout and "done already" not in again.stdout
+    status = json.loads(status_file.read_text())  # rewritten whole
+    assert (status["status"], status["attempts"]) == ("done", 1)
+  log = (tmp_path / "Vanilla" / "seed0" / sweep.LOG_FILE).read_text()
+  assert log.count("already complete: step 4 of 4") == 2  # resumed, nothing retrained
+
+
+def test_a_path_in_a_variant_setting_stays_one_folder_below_the_sweep(tmp_path, capsys):
+  workdir = tmp_path / "sweep"
+  specs = ["Vanilla@data.tokenizer_path=../../../escaped", "Vanilla@data.tokenizer_path=%2F",
+           "Vanilla@data.tokenizer_path=/"]
+  assert sweep.main([f"--config={CONFIG}", f"--variants={','.join(specs)}",
+                     f"--workdir={workdir}", "--dry_run"]) == 0
+  workdirs = [next(a.partition("=")[2] for a in shlex.split(line) if a.startswith("--workdir="))
+              for line in capsys.readouterr().out.splitlines()]
+  folders = [os.path.relpath(os.path.normpath(w), workdir) for w in workdirs]
+  assert folders == ["Vanilla@data.tokenizer_path=..%2F..%2F..%2Fescaped/seed0",
+                     "Vanilla@data.tokenizer_path=%252F/seed0",
+                     "Vanilla@data.tokenizer_path=%2F/seed0"]

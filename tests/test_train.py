@@ -10,27 +10,12 @@ import numpy as np
 import pytest
 
 from eval_helpers import eval_data_dir
-from phd_jax import checkpoint, data, defaults, sharding, state, train
+from phd_jax import checkpoint, data, sharding, state, train
 from phd_jax.eval import suite
+from run_helpers import read_metrics, small_config
 
 # One step on a mesh vs one device: float32 sums in a different order.
 LOSS_RTOL, GRAD_ATOL, PARAM_ATOL = 1e-5, 1e-7, 1e-7
-
-
-def small_config(variant="PHD-CSWA-2-2-4", mesh=(1, 1, 1), **overrides):
-  c = defaults.get_config(variant)
-  c.model.update(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
-                 head_dim=8, mlp_dim=64, rope_theta=10_000.0)
-  c.update(seq_len=16, batch_size=8, num_steps=20, log_every=5, eval_every=0)
-  c.optim.update(lr=1e-2, warmup_steps=2)
-  c.data.update(source="synthetic", prefetch=0)
-  c.mesh.update(data=mesh[0], fsdp=mesh[1], tensor=mesh[2])
-  c.update_from_flattened_dict(overrides)
-  return c
-
-
-def first_batch(config, mesh):
-  return train.global_batch(next(data.make_iterator(config)), mesh, config)
 
 
 def step_config(mesh=(1, 1, 1), **overrides):
@@ -41,13 +26,12 @@ def step_config(mesh=(1, 1, 1), **overrides):
 
 def one_step(config, devices=None):
   """(mesh, gradients, state after one step, step metrics) on the first batch."""
-  mesh = sharding.make_mesh(config, devices)
-  gdef, fresh = state.init_state(config, mesh)
-  new_state, metrics = train.make_train_step(config, mesh, gdef)(fresh,
-                                                                 first_batch(config, mesh))
+  training = train.setup(config, sharding.make_mesh(config, devices))
+  new_state, metrics = training.step(training.init(),
+                                     training.global_batch(next(data.make_iterator(config))))
   first_moment = new_state.opt_state[0].mu
   grads = jax.tree.map(lambda m: m / (1 - config.optim.b1), first_moment)
-  return mesh, grads, new_state, metrics
+  return training.mesh, grads, new_state, metrics
 
 
 @pytest.fixture(scope="module")
@@ -92,16 +76,11 @@ def test_gradient_accumulation_equals_whole_batch():
   assert_trees_close(acc_state.params, stepped.params, PARAM_ATOL)
 
 
-def read_jsonl(path):
-  with open(path) as f:
-    return [json.loads(line) for line in f]
-
-
 def test_training_loss_decreases_and_logs(tmp_path):
   config = small_config(mesh=(2, 2, 2), num_steps=40, log_every=10, eval_every=20,
                         eval_batches=2, seq_len=32, batch_size=16)
   final = train.train(config, str(tmp_path))
-  rows = read_jsonl(tmp_path / "metrics.jsonl")
+  rows = read_metrics(tmp_path)
   train_rows = [r for r in rows if "loss" in r]
   assert [r["step"] for r in train_rows] == [10, 20, 30, 40]
   assert [r["step"] for r in rows if "eval_loss" in r] == [20, 40]
@@ -123,12 +102,12 @@ def test_in_loop_task_scores_are_those_of_the_saved_params(tmp_path):
                         eval_limit=6, eval_data_dir=eval_data_dir(tmp_path),
                         **{"model.vocab_size": 384, "checkpoint.every": 4})
   train.train(config, str(tmp_path / "run"))
-  logged = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "eval_loss" in r]
+  logged = [r for r in read_metrics(tmp_path / "run") if "eval_loss" in r]
   assert [r["step"] for r in logged] == [4]
   mesh = sharding.make_mesh(config)
   params = checkpoint.load_params(tmp_path / "run", state.abstract_state(config, mesh).params)
-  expected = suite.in_loop(params, config, mesh, tasks=("loss", "arc_easy"), limit=6,
-                           data_dir=config.eval_data_dir)
+  expected = suite.in_loop(state.model_from_params(config, params), config, mesh,
+                           tasks=("loss", "arc_easy"), limit=6, data_dir=config.eval_data_dir)
   assert logged[0]["eval_arc_easy"] == pytest.approx(expected["eval/arc_easy"])
   assert logged[0]["eval_loss"] == pytest.approx(expected["eval/loss"], rel=1e-5)
 
@@ -149,7 +128,7 @@ def test_non_finite_loss_stops_at_its_step(tmp_path):
                         **{"optim.lr": 1e20, "optim.warmup_steps": 0, "checkpoint.every": 1})
   with pytest.raises(FloatingPointError, match="at step 2;"):
     train.train(config, str(tmp_path))
-  assert read_jsonl(tmp_path / "metrics.jsonl") == []
+  assert read_metrics(tmp_path) == []
   assert checkpoint.Checkpointer(str(tmp_path), config).latest_step() == 1
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]
 

@@ -83,11 +83,11 @@ class HiddenBand:
     """Allowed (query, key) pairs, `[B|1, nb, size, A, span * A]`."""
     spec, kh = self.spec, self.spec.k - 1
     nb = self._num_blocks(length)
-    block = jnp.arange(nb)[None, :, None, None, None, None] * self.size  # [1, nb, ...]
-    q_tok = start + block + jnp.arange(self.size)[:, None, None, None]
-    k_tok = start - self.halo + block + jnp.arange(self.span)[:, None]
-    q_copy = jnp.arange(1, kh + 1)[:, None, None]
-    k_copy = jnp.arange(1, kh + 1)
+    block = jnp.arange(nb).reshape(1, nb, 1, 1, 1, 1) * self.size
+    q_tok = start + block + jnp.arange(self.size).reshape(1, 1, -1, 1, 1, 1)
+    k_tok = start - self.halo + block + jnp.arange(self.span).reshape(1, 1, 1, 1, -1, 1)
+    q_copy = jnp.arange(1, kh + 1).reshape(1, 1, 1, -1, 1, 1)
+    k_copy = jnp.arange(1, kh + 1).reshape(1, 1, 1, 1, 1, -1)
     q_chunk_pos = k_chunk_pos = None
     if self.chunk_positions is not None:
       q_chunk_pos = self._queries_of(self.chunk_positions, start, length)

@@ -26,44 +26,68 @@ from phd_jax.masks import PHDSpec
 CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
 
 
-def _cudnn():
+# JAX's private cuDNN functions: every call to them is built here, by keyword, and
+# tests/test_private_apis.py binds these arguments to their signatures, so that a JAX
+# release that renames, drops or adds a parameter fails there, naming the JAX version.
+
+
+def _private():
   from jax._src.cudnn import fused_attention_stablehlo  # pylint: disable=g-import-not-at-top
   return fused_attention_stablehlo
+
+
+# The forward's inputs, in the order its residuals repeat them (then activation, output).
+INPUTS = ("query", "key", "value", "bias", "q_seqlen", "kv_seqlen", "q_offsets", "kv_offsets",
+          "page_table_k", "page_table_v")
+
+
+def _inputs(q, k, v, segment_ids_BT) -> tuple[dict, dict]:
+  """Causal attention in layout BTNH, no dropout; packed documents as a bias (no bias
+  gradient): 0 within a document, very negative across."""
+  fa = _private()
+  unused = jnp.zeros(0, q.dtype)
+  bias = unused
+  if segment_ids_BT is not None:  # -> [B, 1, T, T]
+    same = segment_ids_BT[:, None, :, None] == segment_ids_BT[:, None, None, :]
+    bias = fa.combine_bias_and_mask(bias=None, mask=same, dtype=q.dtype)
+  inputs = dict(query=q, key=k, value=v, bias=bias, q_seqlen=unused, kv_seqlen=unused,
+                q_offsets=unused, kv_offsets=unused, page_table_k=unused, page_table_v=unused)
+  static = dict(scale=q.shape[-1] ** -0.5, seed=0, dropout_rate=0.0,
+                variadic_args=(segment_ids_BT is not None, False),
+                mask_type=fa.MaskType.CAUSAL, layout=fa.AttentionLayout.BTNH.value,
+                sliding_window_length=None)
+  return inputs, static
+
+
+def forward_call(q, k, v, segment_ids_BT) -> tuple:
+  """(function, keyword arguments) of cuDNN's forward that returns the log-sum-exp too."""
+  fa = _private()
+  inputs, static = _inputs(q, k, v, segment_ids_BT)
+  return fa._dot_product_attention_fwd, dict(  # pylint: disable=protected-access
+      **inputs, **static, cudnn_version=fa.check_cudnn_version(), return_residual=True)
+
+
+def backward_call(q, k, v, segment_ids_BT, o, stats_BHcT, do) -> tuple:
+  """(function, keyword arguments) of cuDNN's backward rule from the output and the
+  log-sum-exp (`stats`) we give it, rather than the forward's."""
+  inputs, static = _inputs(q, k, v, segment_ids_BT)
+  residuals = (*(inputs[name] for name in INPUTS), stats_BHcT, o)
+  return _private()._dot_product_attention_bwd_rule, dict(  # pylint: disable=protected-access
+      **static, is_training=True, return_residual=False, res=residuals, grad_output=do)
 
 
 @dataclasses.dataclass(frozen=True)
 class CudnnCausal:
   """The split.py kernel contract on cuDNN (layout BTNH)."""
 
-  def _args(self, q, segment_ids_BT):
-    fa = _cudnn()
-    unused = jnp.zeros(0, q.dtype)
-    bias = unused
-    if segment_ids_BT is not None:  # -> [B, 1, T, T]: 0 within a document, very negative across
-      same = segment_ids_BT[:, None, :, None] == segment_ids_BT[:, None, None, :]
-      bias = fa.combine_bias_and_mask(None, same, q.dtype)
-    inputs = (bias, unused, unused, unused, unused, unused, unused)
-    static = dict(scale=q.shape[-1] ** -0.5, seed=0, dropout_rate=0.0,
-                  variadic_args=(segment_ids_BT is not None, False),  # bias, but no dbias
-                  mask_type=fa.MaskType.CAUSAL, layout=fa.AttentionLayout.BTNH.value,
-                  sliding_window_length=None)
-    return inputs, static
-
   def forward(self, q, k, v, segment_ids):
-    fa = _cudnn()
-    inputs, static = self._args(q, segment_ids)
-    o, stats_BHcT = fa._dot_product_attention_fwd(  # pylint: disable=protected-access
-        q, k, v, *inputs, **static, cudnn_version=fa.check_cudnn_version(),
-        return_residual=True)
+    fn, kwargs = forward_call(q, k, v, segment_ids)
+    o, stats_BHcT = fn(**kwargs)
     return o, jnp.swapaxes(stats_BHcT, 1, 2)
 
   def backward(self, q, k, v, segment_ids, o, lse, do):
-    fa = _cudnn()
-    inputs, static = self._args(q, segment_ids)
-    residuals = (q, k, v, *inputs, jnp.swapaxes(lse, 1, 2), o)
-    grads = fa._dot_product_attention_bwd_rule(  # pylint: disable=protected-access
-        *static.values(), True, False, residuals, do)
-    return grads[:3]
+    fn, kwargs = backward_call(q, k, v, segment_ids, o, jnp.swapaxes(lse, 1, 2), do)
+    return fn(**kwargs)[:3]
 
 
 def cudnn_supports(q_BTKHDh) -> bool:

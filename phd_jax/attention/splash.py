@@ -44,6 +44,16 @@ def _causal_kernel(heads: int, length: int, block: int, interpret: bool):
                               save_residuals=True, interpret=interpret)
 
 
+def backward_call(kernel, residuals: tuple, do) -> tuple:
+  """(function, keyword arguments) of splash's private backward rule, the one place this
+  module calls it: with the kernel's own settings (those its forward ran with), and
+  `residuals` = (q, k, v, segment_ids, sinks, output, log-sum-exp, dq mask info, dkv mask
+  info). tests/test_private_apis.py binds them to its signature, so that a JAX release
+  that renames, drops or adds a parameter fails there, naming the JAX version."""
+  return sk._splash_attention_bwd, dict(  # pylint: disable=protected-access
+      **kernel.kwargs, res=residuals, do=do)
+
+
 def _pad_tokens(x, axis: int, length: int, value=0):
   pad = [(0, 0)] * x.ndim
   pad[axis] = (0, length - x.shape[axis])
@@ -98,14 +108,11 @@ class SplashCausal:
   def backward(self, q, k, v, segment_ids, o, lse, do):
     kernel, segments, q_in, kv_in, q_out = self._setup(q, k, segment_ids)
     scale = q.shape[-1] ** -0.5
-    kw = kernel.kwargs
 
     def run(q, k, v, seg, o, lse, do):
       residuals = (q, k, v, seg, None, o, lse, kernel.dq_mask_info, kernel.dkv_mask_info)
-      grads = sk._splash_attention_bwd(  # pylint: disable=protected-access
-          False, kw["mask_value"], True, kw["block_sizes"], None, kw["mask_function"],
-          None, kw["interpret"], residuals, do)
-      return grads[3:6]
+      fn, kwargs = backward_call(kernel, residuals, do)
+      return fn(**kwargs)[3:6]  # (dq, dk, dv) after the three mask infos
 
     dq, dk, dv = self._per_head_group(run, segments, 3)(
         q_in(q * scale), kv_in(k), kv_in(v), segments, q_in(o), q_in(lse), q_in(do))

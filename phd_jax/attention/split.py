@@ -58,7 +58,7 @@ def _causal_scores(q_BTHcDh, k_BTGDh, segment_ids_BT):
   G = k_BTGDh.shape[2]
   q = q_BTHcDh.reshape(B, T, G, Hc // G, Dh)
   s = jnp.einsum("btgnd,bsgd->bgnts", q, k_BTGDh, preferred_element_type=jnp.float32)
-  mask = (jnp.arange(T) <= jnp.arange(T)[:, None])[None]
+  mask = (jnp.arange(T)[None, :] <= jnp.arange(T)[:, None])[None]
   if segment_ids_BT is not None:
     mask = mask & (segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :])
   return jnp.where(mask[:, None, None], s * Dh**-0.5, MASKED)

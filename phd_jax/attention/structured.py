@@ -63,7 +63,7 @@ def _query_block(spec: PHDSpec, length: int, key_len: int, q_BTKGRDh, k_BTKGDh, 
   s_orig = jnp.einsum("bqkgrd,bsgd->bgqkrs", q, k0,
                       preferred_element_type=jnp.float32) * Dh**-0.5
   q_tok = start + jnp.arange(length)
-  mask = (jnp.arange(key_len) <= q_tok[:, None])[None]  # causal by token
+  mask = (jnp.arange(key_len)[None, :] <= q_tok[:, None])[None]  # causal by token
   if segment_ids_BT is not None:
     padded = _pad_tokens(segment_ids_BT, max(key_len, T + length))
     q_seg = jax.lax.dynamic_slice_in_dim(padded, start, length, axis=1)

@@ -5,6 +5,7 @@
                     # each [config.batch_size // process_count, config.seq_len]
   state = it.get_state(); it.set_state(state)  # exact resume (JSON-serialisable)
   it.counters()  # documents, empty_documents, tokens, row_splits, carried_tokens
+  it.restriction  # data.train_tokens: the train split's first documents (`restrict`), or None
   tok = make_tokenizer(config)
 
 Sources (`config.data.source`): "synthetic" (a learnable Markov chain over the model's
@@ -66,8 +67,12 @@ def _source(config, split, process_index, process_count, gather):
   tokenizer = make_tokenizer(config)
   check_vocab(tokenizer, config)
   docs = sources.open_documents(config, split)
+  name = sources.dataset_name(config)
+  label = f"data.train_split={sources.split_name(config, split)!r} of dataset {name!r}"
   return PackedSource(docs, tokenizer, num_workers=config.data.num_workers,
-                      worker_args=(config, split), gather=gather, **shape)
+                      worker_args=(config, split), gather=gather,
+                      train_tokens=config.data.train_tokens if split == "train" else 0,
+                      split_label=label, **shape)
 
 
 def make_iterator(config, split: str = "train", process_index: int | None = None,
@@ -75,7 +80,9 @@ def make_iterator(config, split: str = "train", process_index: int | None = None
   """This process's share of every global batch, in an order fixed by `config.seed`.
 
   `split` "train" / "validation" read `data.train_split` / `data.eval_split`. Every
-  iterator repeats its data forever, reshuffled each epoch.
+  iterator repeats its data forever, reshuffled each epoch. `data.train_tokens` > 0 cuts
+  the train split (never the validation split) to its first documents (`restrict`); it
+  raises ValueError when the split holds fewer tokens.
   """
   process_index, process_count, gather = _processes(process_index, process_count)
   _check(config, process_index, process_count)

@@ -7,7 +7,8 @@ batch it handed out, and optionally computes the next `prefetch` batches on a th
 A source provides `initial_state()`, `next_batch(state) -> (batch, state)`,
 `restore(state) -> state` (checks a saved state and adapts it to this process),
 `export(state) -> state` (what `get_state` returns; may gather all processes' parts) and
-`counters(state) -> dict`.
+`counters(state) -> dict`; a source of documents may hold a `restriction`
+(`restrict.Restriction`).
 """
 
 from __future__ import annotations
@@ -65,6 +66,11 @@ class BatchIterator:
     state = self._source.restore(copy.deepcopy(state))
     self._stop_prefetch()
     self._state = state
+
+  @property
+  def restriction(self):
+    """The `restrict.Restriction` of a train split cut by `data.train_tokens`, else None."""
+    return getattr(self._source, "restriction", None)
 
   def counters(self) -> dict:
     """This process's cumulative data counters up to the last batch returned."""

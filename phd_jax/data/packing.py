@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from grain.experimental import index_shuffle
-
 COUNTERS = ("documents", "empty_documents", "tokens", "row_splits", "carried_tokens")
 
 
@@ -30,6 +28,9 @@ class DocumentOrder:
     self.n, self.seed = n, seed
 
   def __call__(self, i: int) -> int:
+    # grain is imported here, not with the module: `phd_jax.data` (the source names the
+    # config checks, the token sources) imports where grain is absent (accelerator images)
+    from grain.experimental import index_shuffle  # pylint: disable=import-outside-toplevel
     epoch, k = divmod(i, self.n)
     if self.n == 1:
       return 0

@@ -9,7 +9,8 @@ State (JSON): `{"step", "seed", "documents", "lanes": [[j, offset] or None] * B,
 "counters"}`. A process's own state holds its lanes only; `export` gathers all lanes (and
 sums the counters) across processes when running under `jax.distributed`, so any process's
 exported state restores every process. Documents are read and tokenized in batches, in
-`num_workers` spawned processes when > 0.
+`num_workers` spawned processes when > 0. With `train_tokens` > 0 only the split's first
+documents are read (`restrict`); "documents" in the state counts those.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import multiprocessing
 
 import numpy as np
 
-from phd_jax.data import packing
+from phd_jax.data import packing, restrict
 
 _WORKER = {}  # per worker process: its Documents and tokenizer
 
@@ -52,31 +53,40 @@ class PackedSource:
 
   def __init__(self, docs, tokenizer, *, seq_len: int, global_batch: int, process_index: int,
                process_count: int, seed: int, num_workers: int = 0, worker_args=None,
-               gather: bool = False):
+               gather: bool = False, train_tokens: int = 0, split_label: str = "the split"):
     self.docs, self.tokenizer = docs, tokenizer
     self.seq_len, self.global_batch, self.seed = seq_len, global_batch, seed
     self.process_index, self.process_count = process_index, process_count
     rows = global_batch // process_count
     self.lanes = range(process_index * rows, (process_index + 1) * rows)
-    self.order = packing.DocumentOrder(len(docs), seed)
     self._cache: dict[int, np.ndarray] = {}  # stream index -> framed tokens (a pure memo)
     self._mean_len = float(seq_len)  # running tokens-per-document estimate for read-ahead
     self._num_workers, self._worker_args = num_workers, worker_args
     self._pool = None
     self._gather = gather
+    self.restriction = None
+    if train_tokens:
+      try:
+        self.restriction = restrict.first_documents(self._load, len(docs), train_tokens,
+                                                     split_label)
+      except ValueError:
+        self.close()  # the workers it may have started
+        raise
+    self.num_documents = self.restriction.documents if self.restriction else len(docs)
+    self.order = packing.DocumentOrder(self.num_documents, seed)
 
   def initial_state(self):
     lanes = [None] * self.global_batch
     for r in self.lanes:
       lanes[r] = [0, 0]
-    return {"step": 0, "seed": self.seed, "documents": len(self.docs), "lanes": lanes,
+    return {"step": 0, "seed": self.seed, "documents": self.num_documents, "lanes": lanes,
             "counters": dict.fromkeys(packing.COUNTERS, 0)}
 
   def counters(self, state):
     return dict(state["counters"])
 
   def next_batch(self, state):
-    fillers = {r: packing.RowFiller(self.seq_len, *state["lanes"][r], len(self.docs))
+    fillers = {r: packing.RowFiller(self.seq_len, *state["lanes"][r], self.num_documents)
                for r in self.lanes}
     pending = list(self.lanes)
     while pending:
@@ -161,7 +171,7 @@ class PackedSource:
     if len(state["lanes"]) != self.global_batch:
       raise ValueError(f"data state has {len(state['lanes'])} rows per batch, but "
                        f"batch_size={self.global_batch}: the order cannot be continued")
-    for key, value in (("seed", self.seed), ("documents", len(self.docs))):
+    for key, value in (("seed", self.seed), ("documents", self.num_documents)):
       if state[key] != value:
         raise ValueError(f"data state was saved with {key}={state[key]}, this run has {value}")
     missing = [r for r in self.lanes if state["lanes"][r] is None]

@@ -36,7 +36,7 @@ TABLES = ("pairs", "interleaved", "marked")
 
 
 @dataclasses.dataclass(frozen=True)
-class Layout:
+class RowFormat:
   """Where a row's parts sit and which ids they use."""
   nodes: int
   table: str  # one of TABLES
@@ -75,8 +75,8 @@ class Layout:
     return mask
 
 
-def layout(config) -> Layout:
-  return Layout(config.data.chase_nodes, config.data.chase_table)
+def row_format(config) -> RowFormat:
+  return RowFormat(config.data.chase_nodes, config.data.chase_table)
 
 
 def check(config) -> None:
@@ -86,14 +86,14 @@ def check(config) -> None:
                      f"{nodes}, {hops}")
   if table not in TABLES:
     raise ValueError(f"data.chase_table must be one of {TABLES}; got {table!r}")
-  rows = layout(config)
-  if rows.vocab_needed > config.model.vocab_size:
+  fmt = row_format(config)
+  if fmt.vocab_needed > config.model.vocab_size:
     raise ValueError(f"data.chase_nodes={nodes} with data.chase_table={table!r} needs "
-                     f"model.vocab_size >= {rows.vocab_needed}; got "
+                     f"model.vocab_size >= {fmt.vocab_needed}; got "
                      f"{config.model.vocab_size}")
-  if rows.queries_per_row(config.seq_len) < 1:
+  if fmt.queries_per_row(config.seq_len) < 1:
     raise ValueError(f"seq_len={config.seq_len} leaves no room for a query after a table of "
-                     f"data.chase_nodes={nodes}; needs seq_len >= {rows.first_query + 2}")
+                     f"data.chase_nodes={nodes}; needs seq_len >= {fmt.first_query + 2}")
 
 
 class PointerChaseSource(SyntheticSource):
@@ -105,7 +105,7 @@ class PointerChaseSource(SyntheticSource):
                table: str):
     if split not in SPLITS:
       raise ValueError(f"pointer_chase split {split!r} is not one of {sorted(SPLITS)}")
-    self.layout, self.hops, self.seq_len = Layout(nodes, table), hops, seq_len
+    self.format, self.hops, self.seq_len = RowFormat(nodes, table), hops, seq_len
     self.rows = global_batch // process_count
     self.first_row = process_index * self.rows
     self.seed, self.split_id = seed, SPLITS[split]
@@ -122,20 +122,20 @@ class PointerChaseSource(SyntheticSource):
         {"step": step + 1}
 
   def _row(self, rng) -> np.ndarray:
-    rows = self.layout
-    f = rng.permutation(rows.nodes)
-    order = rng.permutation(rows.nodes)
-    queries = rng.integers(0, rows.nodes, size=rows.queries_per_row(self.seq_len))
+    fmt = self.format
+    f = rng.permutation(fmt.nodes)
+    order = rng.permutation(fmt.nodes)
+    queries = rng.integers(0, fmt.nodes, size=fmt.queries_per_row(self.seq_len))
     answers = queries
     for _ in range(self.hops):
       answers = f[answers]
-    if rows.table == "pairs":
-      table = rows.pair_id(order, f[order])
+    if fmt.table == "pairs":
+      table = fmt.pair_id(order, f[order])
     else:
-      table = FIRST_ID + np.stack([order, f[order] + rows.value_offset], 1).ravel()
-    qa = FIRST_ID + np.stack([queries, answers + rows.value_offset], 1).ravel()
+      table = FIRST_ID + np.stack([order, f[order] + fmt.value_offset], 1).ravel()
+    qa = FIRST_ID + np.stack([queries, answers + fmt.value_offset], 1).ravel()
     row = np.zeros(self.seq_len, np.int32)
     row[0] = BOS_ID
-    used = np.concatenate([table, [rows.sep_id], qa])
+    used = np.concatenate([table, [fmt.sep_id], qa])
     row[1:1 + len(used)] = used
     return row

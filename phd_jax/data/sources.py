@@ -68,12 +68,17 @@ def _builder(name: str, data_dir: str | None):
                      f"({type(e).__name__}); found: {listing or 'nothing'}") from None
 
 
+def dataset_name(config) -> str:
+  return stdlib_corpus.NAME if config.data.source == "stdlib" else config.data.name
+
+
 def open_documents(config, split: str) -> Documents:
   d = config.data
+  name = dataset_name(config)
   if d.source == "stdlib":
-    name, data_dir, text_field = stdlib_corpus.NAME, stdlib_corpus.ensure_prepared(config), "text"
+    data_dir, text_field = stdlib_corpus.ensure_prepared(config), "text"
   else:
-    name, data_dir, text_field = d.name, d.data_dir, d.text_field
+    data_dir, text_field = d.data_dir, d.text_field
   builder = _builder(name, data_dir)
   split = split_name(config, split)
   splits = builder.info.splits

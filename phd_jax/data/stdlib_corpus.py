@@ -1,11 +1,11 @@
 """The embedded default corpus: the running interpreter's standard library sources.
 
 Real text every machine has (~11 MB of `.py` files, tests excluded), prepared on first use
-with the same tfds builder as `prepare` into `<cache>/python_stdlib/<python version>/`,
-5% of the files (by a hash of their path inside the standard library) for validation.
-The cache is `config.data.data_dir` if set, else `$PHD_JAX_CACHE`, else
-`~/.cache/phd_jax/tfds`. Concurrent first uses (several processes on one machine) wait on a
-file lock instead of writing twice.
+with the tfds builder of `prepare` (`text_files`) into
+`<cache>/python_stdlib/<python version>/`, 5% of the files (by a hash of their path inside
+the standard library) for validation. The cache is `config.data.data_dir` if set, else
+`$PHD_JAX_CACHE`, else `~/.cache/phd_jax/tfds`. Concurrent first uses (several processes
+on one machine) wait on a file lock instead of writing twice.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ import fcntl
 import os
 import platform
 import sysconfig
-
-from phd_jax.data import prepare
 
 NAME = "python_stdlib"
 VALIDATION_PERCENT = 5.0
@@ -42,8 +40,11 @@ def source_files(root: str | None = None) -> list:
 
 def ensure_prepared(config, progress: bool = True) -> str:
   """Prepares the corpus once; returns the tfds data_dir holding it."""
+  # imported here, as `sources` imports tensorflow_datasets: when a dataset is opened, not
+  # when the module is
+  from phd_jax.data import text_files  # pylint: disable=import-outside-toplevel
   data_dir = cache_dir(config)
-  builder = prepare.make_builder(
+  builder = text_files.make_builder(
       NAME, data_dir, {"train": source_files()}, validation_percent=VALIDATION_PERCENT,
       version=platform.python_version(),
       description="Python standard library sources of the interpreter of this version.")
@@ -54,5 +55,5 @@ def ensure_prepared(config, progress: bool = True) -> str:
     fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be preparing it right now
     if not os.path.isfile(os.path.join(builder.data_dir, "dataset_info.json")):
       print(f"preparing the {NAME} corpus into {builder.data_dir} (first use)", flush=True)
-      prepare.prepare(builder, progress=progress)
+      text_files.prepare(builder, progress=progress)
   return data_dir

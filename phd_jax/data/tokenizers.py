@@ -43,10 +43,6 @@ class ByteTokenizer:
     data = bytes(i - FIRST_ID for i in ids if FIRST_ID <= i < self.vocab_size)
     return data.decode("utf-8", errors="replace")
 
-  def reference(self) -> dict:
-    """What a checkpoint records to find this tokenizer again."""
-    return {"kind": "byte"}
-
   @staticmethod
   def _array(text: str) -> np.ndarray:
     data = text.encode("utf-8", errors="replace")  # lone surrogates become '?'
@@ -77,8 +73,8 @@ def _moved(path: str) -> str:
   return os.path.join(tokenizer_dir(version_dir), file) if leaf == "tokenizers" else ""
 
 
-def _checked_file(path: str, what: str) -> str:
-  """The file's sha256, after comparing it with `<path>.sha256` when that exists."""
+def _check_file(path: str, what: str) -> None:
+  """The file exists, and its sha256 is the one in `<path>.sha256` when that exists."""
   if not path:
     raise ValueError(f"data.tokenizer_path must name the {what} file")
   if not os.path.isfile(path):
@@ -87,21 +83,19 @@ def _checked_file(path: str, what: str) -> str:
                        f"trained on a prepared dataset now live beside its version folder: "
                        f"{moved}")
     raise ValueError(f"data.tokenizer_path={path!r}: no such {what} file")
-  actual = sha256(path)
   if os.path.isfile(path + ".sha256"):
     with open(path + ".sha256") as f:
       expected = f.read().split()[0]
-    if expected != actual:
+    if expected != (actual := sha256(path)):
       raise ValueError(f"data.tokenizer_path={path!r}: sha256 {actual} does not match "
                        f"{path}.sha256 ({expected}); the file changed since it was trained")
-  return actual
 
 
 class SentencePieceTokenizer:
 
   def __init__(self, path: str):
     import sentencepiece as spm
-    self.path, self.checksum = path, _checked_file(path, "SentencePiece model")
+    _check_file(path, "SentencePiece model")
     self.sp = spm.SentencePieceProcessor(model_file=path)
     self.vocab_size = self.sp.get_piece_size()
     self.pad_id, self.bos_id, self.eos_id = self.sp.pad_id(), self.sp.bos_id(), self.sp.eos_id()
@@ -120,15 +114,12 @@ class SentencePieceTokenizer:
     return self.sp.decode([int(i) for i in ids if i not in (self.pad_id, self.bos_id,
                                                               self.eos_id)])
 
-  def reference(self) -> dict:
-    return {"kind": "sentencepiece", "path": self.path, "sha256": self.checksum}
-
 
 class HFTokenizer:
 
   def __init__(self, path: str):
     import tokenizers
-    self.path, self.checksum = path, _checked_file(path, "tokenizer.json")
+    _check_file(path, "tokenizer.json")
     self.tok = tokenizers.Tokenizer.from_file(path)
     self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
     vocab = self.tok.get_vocab(with_added_tokens=True)
@@ -147,9 +138,6 @@ class HFTokenizer:
 
   def decode(self, ids) -> str:
     return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)
-
-  def reference(self) -> dict:
-    return {"kind": "hf", "path": self.path, "sha256": self.checksum}
 
 
 TOKENIZERS = {

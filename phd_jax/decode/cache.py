@@ -9,7 +9,8 @@ W*(K-1) with "positions"), which is all the window rule can reach.
 
 Rows are left-padded: row b's first token sits in slot `first_slot[b]`, so every row
 writes its next token to the same slot `length` and one `dynamic_update_slice` serves the
-batch. A slot's token position is `slot - first_slot[b]`.
+batch. A slot's token position is `slot - first_slot[b]`. Only the padding that shorter
+rows need stays: prefill drops what every row shares (`moved`).
 """
 
 from __future__ import annotations
@@ -92,20 +93,34 @@ def init_cache(cfg: ModelConfig, spec: PHDSpec, batch: int, cache_len: int,
                window=window)
 
 
-def constrain(cache: Cache, mesh) -> Cache:
-  """`cache` laid out on `mesh` (None: as it is): rows over the data-parallel axes, as
-  the batch; key/value heads over "tensor", as their projections (replicated when the
-  tensor axis does not divide them)."""
+def moved(cache: Cache, slots: int, shift=0) -> Cache:
+  """`cache` in `slots` slots, every row's tokens `shift` slots lower (zeros past its end).
+
+  A token's position is its slot minus its row's first slot, and both move, so no later
+  step sees a difference: prefill drops this way the left padding every row shares (a
+  prompt bucket's), and only real tokens take slots.
+  """
+  def move(x):
+    grown = jnp.pad(x, [(0, 0), (0, 0), (0, slots), (0, 0), (0, 0)])
+    return jax.lax.dynamic_slice_in_dim(grown, shift, slots, axis=2)
+  return cache.replace(keys=move(cache.keys), values=move(cache.values),
+                       first_slot=cache.first_slot - shift, length=cache.length - shift)
+
+
+def shard_cache(cache: Cache, mesh) -> Cache:
+  """`cache` placed on the physical `mesh` (None: as it is): rows over the data-parallel
+  axes, as the batch; key/value heads over "tensor", as their projections (replicated when
+  the tensor axis does not divide them)."""
   if mesh is None:
     return cache
   rows = sharding.BATCH_AXES
   heads = "tensor" if cache.keys.shape[3] % mesh.shape["tensor"] == 0 else None
-  layout = lambda *axes: NamedSharding(mesh, PartitionSpec(*axes))
-  kv = layout(None, rows, None, heads, None)
-  specs = Cache(keys=kv, values=kv, first_slot=layout(rows), length=layout(),
+  on_mesh = lambda *axes: NamedSharding(mesh, PartitionSpec(*axes))
+  kv = on_mesh(None, rows, None, heads, None)
+  specs = Cache(keys=kv, values=kv, first_slot=on_mesh(rows), length=on_mesh(),
                 window=None if cache.window is None else HiddenWindow(
-                    keys=kv, values=kv, positions=layout(rows, None),
-                    copies=layout(rows, None)))
+                    keys=kv, values=kv, positions=on_mesh(rows, None),
+                    copies=on_mesh(rows, None)))
   return jax.lax.with_sharding_constraint(cache, specs)
 
 

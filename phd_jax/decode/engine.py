@@ -32,7 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from phd_jax import attention as attention_lib
 from phd_jax import sharding
 from phd_jax.decode.attend import cached_attention, cached_masks
-from phd_jax.decode.cache import Cache, constrain, init_cache, write
+from phd_jax.decode.cache import Cache, init_cache, moved, shard_cache, write
 from phd_jax.decode.prompts import POWERS_OF_TWO, check_buckets, layout
 from phd_jax.decode.sampling import Sampling, sample
 from phd_jax.masks import PHDSpec
@@ -125,18 +125,22 @@ def forward(model, cache: Cache, tokens_BN, start, copies: int):
 def prefill(model, cache: Cache, tokens_BT, hidden_tokens: int):
   """Final-copy logits `[B, V]` of each prompt's last token, and the filled cache.
 
+  `cache` (empty) needs room for the longest prompt only, not for its bucket: the
+  forwards fill the T slots of `tokens_BT`, and the left padding every row shares is
+  dropped as they move into `cache`'s slots.
   Up to three forwards: originals only, all copies of the other hidden-prefill tokens, and
   the last token. Only the last one's output is used, so XLA drops the last layer's
   attention output and MLP of every earlier token (only their K/V are needed).
   """
-  T, k = tokens_BT.shape[1], model.spec.k
+  T, k, cache_len = tokens_BT.shape[1], model.spec.k, cache.cache_len
+  cache = moved(cache, T)
   split = T - hidden_tokens
   if split:
     _, cache = forward(model, cache, tokens_BT[:, :split], 0, copies=1)
   if split < T - 1:
     _, cache = forward(model, cache, tokens_BT[:, split:T - 1], split, copies=k)
   x_B1KD, cache = forward(model, cache, tokens_BT[:, T - 1:], T - 1, copies=k)
-  return model.logits(x_B1KD[:, :, -1])[:, 0], cache
+  return model.logits(x_B1KD[:, :, -1])[:, 0], moved(cache, cache_len, cache.first_slot.min())
 
 
 def step(model, cache: Cache, tokens_B):
@@ -146,9 +150,9 @@ def step(model, cache: Cache, tokens_B):
 
 
 def generate_tokens(model, cache, tokens_BT, hidden_tokens, max_new_tokens, sampling, eos_id,
-                    key, done_B=None, constrain_cache=lambda cache: cache):
+                    key, done_B=None, place_cache=lambda cache: cache):
   """`[B, max_new_tokens]` tokens and how many were produced: all rows stop at EOS (rows
-  `done_B` from the start); `constrain_cache` lays out each step's cache."""
+  `done_B` from the start); `place_cache` puts each step's cache on the devices."""
   if done_B is None:
     done_B = jnp.zeros(tokens_BT.shape[:1], bool)
   logits_BV, cache = prefill(model, cache, tokens_BT, hidden_tokens)
@@ -163,10 +167,10 @@ def generate_tokens(model, cache, tokens_BT, hidden_tokens, max_new_tokens, samp
     i, token_B, cache, out_BN, done_B = carry
     logits_BV, cache = step(model, cache, token_B)
     token_B = sample(logits_BV, jax.random.fold_in(key, i), sampling)
-    return (i + 1, token_B, constrain_cache(cache), out_BN.at[:, i].set(token_B),
+    return (i + 1, token_B, place_cache(cache), out_BN.at[:, i].set(token_B),
             done_B | (token_B == eos_id))
 
-  carry = (jnp.int32(1), token_B, constrain_cache(cache), out_BN, done_B | (token_B == eos_id))
+  carry = (jnp.int32(1), token_B, place_cache(cache), out_BN, done_B | (token_B == eos_id))
   count, _, _, out_BN, _ = jax.lax.while_loop(unfinished, next_token, carry)
   return out_BN, count
 
@@ -181,8 +185,8 @@ def _on_mesh(mesh, fn, *args):
 
 def _prefilled(model, mesh, first_slot_B, cache_len, hidden_tokens, tokens_BT):
   cache = init_cache(model.cfg, model.spec, tokens_BT.shape[0], cache_len, first_slot_B)
-  logits_BV, cache = prefill(model, constrain(cache, mesh), tokens_BT, hidden_tokens)
-  return logits_BV, constrain(cache, mesh)
+  logits_BV, cache = prefill(model, shard_cache(cache, mesh), tokens_BT, hidden_tokens)
+  return logits_BV, shard_cache(cache, mesh)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2, 4, 5))
@@ -195,7 +199,7 @@ def _prefill_jit(graphdef, state, mesh, first_slot_B, cache_len, hidden_tokens, 
 def _step_jit(graphdef, state, mesh, cache, tokens_B):
   def run(model, cache, tokens_B):
     logits_BV, cache = step(model, cache, tokens_B)
-    return logits_BV, constrain(cache, mesh)
+    return logits_BV, shard_cache(cache, mesh)
   return _on_mesh(mesh, run, nnx.merge(graphdef, state), cache, tokens_B)
 
 
@@ -203,11 +207,11 @@ def _step_jit(graphdef, state, mesh, cache, tokens_B):
 def _generate_jit(graphdef, state, mesh, first_slot_B, cache_len, hidden_tokens, tokens_BT,
                   max_new_tokens, sampling, eos_id, seed, done_B):
   def run(model):
-    cache = constrain(init_cache(model.cfg, model.spec, tokens_BT.shape[0], cache_len,
-                                 first_slot_B), mesh)
+    cache = shard_cache(init_cache(model.cfg, model.spec, tokens_BT.shape[0], cache_len,
+                                   first_slot_B), mesh)
     return generate_tokens(model, cache, tokens_BT, hidden_tokens, max_new_tokens,
                            sampling, eos_id, jax.random.key(seed), done_B,
-                           functools.partial(constrain, mesh=mesh))
+                           functools.partial(shard_cache, mesh=mesh))
   return _on_mesh(mesh, run, nnx.merge(graphdef, state))
 
 
@@ -230,7 +234,7 @@ class Decoder:
   prompt_buckets: lengths prompts are left-padded to (`prompts.POWERS_OF_TWO` by default;
   None: every length its own program). With buckets, the hidden-copy prefill also runs on
   a fixed number of trailing tokens (the most any prompt of the bucket needs), so the
-  bucket alone decides the program.
+  bucket alone decides the program; its padding takes no cache slots (`prefill`).
   Compiled code is shared by every Decoder of the same model structure and mesh.
   """
 
@@ -272,7 +276,9 @@ class Decoder:
   def prefill(self, prompts, cache_len=None, max_new_tokens: int = 1):
     """Final-copy logits `[B, V]` of each prompt's last token, and the cache after it
     (rows past the prompts' only fill the mesh's batch). `max_new_tokens`: the tokens to
-    come (their first from these logits), which bucket padding must leave room for."""
+    come (their first from these logits). `cache_len` (default: the bucket's length +
+    max_new_tokens - 1) must hold the longest prompt + max_new_tokens - 1 slots: bucket
+    padding takes none, so a 9-token prompt and 11 steps fit in 20."""
     laid, hidden_tokens = self.layout(prompts, max_new_tokens, cache_len)
     first_slot_B, tokens_BT = self._put(laid.first_slot_B, laid.tokens_BT)
     return self._call(_prefill_jit, self.graphdef, self.state, self.mesh, first_slot_B,

@@ -4,7 +4,8 @@ a multiple of the data-parallel devices.
 Every distinct prompt length would be its own prefill program (shapes are static), so
 prompts are left-padded to the smallest of a few `buckets` (powers of two by default):
 lengths 1..2048 compile at most 12 programs. Padding is masked like any left padding, so
-outputs do not change.
+outputs do not change, and prefill drops the padding every row shares, so it takes no
+cache slots.
 """
 
 from __future__ import annotations
@@ -63,11 +64,13 @@ def check_prompts(prompts, vocab_size: int) -> list[list[int]]:
 def layout(prompts, vocab_size: int, max_new_tokens: int, cache_len=None,
            buckets: tuple[int, ...] = (), row_multiple: int = 1) -> Layout:
   """Checked prompts left-padded to `[B, T]` with T the smallest bucket holding the longest
-  (its own length past the last bucket, or when a bucket would not fit `cache_len`), and
-  rows filled up to a multiple of `row_multiple` with one-token prompts.
+  (its own length past the last bucket), and rows filled up to a multiple of
+  `row_multiple` with one-token prompts.
 
-  The cache needs T + max_new_tokens - 1 slots (the last new token is never fed back);
-  `cache_len` (default exactly that) must hold at least the unpadded prompts' need.
+  The cache needs the longest prompt + max_new_tokens - 1 slots (the last new token is
+  never fed back; prefill drops the bucket's padding): `cache_len` must hold that. Its
+  default, T + max_new_tokens - 1, holds every prompt of the bucket, so that the bucket
+  alone decides the program.
   """
   prompts = check_prompts(prompts, vocab_size)
   positive_int("max_new_tokens", max_new_tokens)
@@ -81,8 +84,7 @@ def layout(prompts, vocab_size: int, max_new_tokens: int, cache_len=None,
       raise ValueError(f"prompt {row} has {longest} tokens; with max_new_tokens="
                        f"{max_new_tokens} the cache needs {needed} slots, but cache_len="
                        f"{cache_len}")
-  room = None if cache_len is None else cache_len - max_new_tokens + 1
-  T = next((b for b in buckets if b >= longest and (room is None or b <= room)), longest)
+  T = next((b for b in buckets if b >= longest), longest)
   rows = len(prompts)
   prompts += [[0]] * (-rows % row_multiple)
   tokens_BT = np.zeros((len(prompts), T), np.int32)

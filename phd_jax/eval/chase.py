@@ -42,9 +42,9 @@ def answer_metrics(model, config, mesh, num_batches: int) -> dict:
   if config.data.source != "pointer_chase":
     raise ValueError(f"data.source={config.data.source!r}: answer accuracy needs a run "
                      "trained on 'pointer_chase'")
-  layout = pointer_chase.layout(config)
-  mask_T = layout.answer_mask(config.seq_len)
-  table = slice(1, 1 + layout.table_tokens)
+  fmt = pointer_chase.row_format(config)
+  mask_T = fmt.answer_mask(config.seq_len)
+  table = slice(1, 1 + fmt.table_tokens)
   scorer = Scorer(model, seq_len=config.seq_len, batch_size=config.batch_size, mesh=mesh)
   iterator = data.make_iterator(config, split="validation")
   try:
@@ -69,7 +69,7 @@ def answer_metrics(model, config, mesh, num_batches: int) -> dict:
   metrics = {"accuracy": float(greedy[:, mask_T].mean()),
              "answer_loss": float(-logprob[:, mask_T].mean()),
              "answers": int(mask_T.sum() * len(greedy)),
-             "first_accuracy": float(greedy[:, layout.first_query].mean())}
+             "first_accuracy": float(greedy[:, fmt.first_query].mean())}
   if config.batch_size >= 2:
     metrics["swapped_accuracy"] = float(score(swap_tables=True)[1][:, mask_T].mean())
   return metrics

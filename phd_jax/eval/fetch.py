@@ -145,8 +145,10 @@ MMLU = "https://people.eecs.berkeley.edu/~hendrycks/data.tar"
 def mmlu(releases: str) -> Iterator[dict]:
   """`data/test/<subject>_test.csv` (question, A, B, C, D, answer), subjects sorted."""
   with tarfile.open(os.path.join(releases, os.path.basename(MMLU))) as archive:
-    subjects = {match[1]: member for member in archive.getmembers()
-                if (match := re.fullmatch(r"data/test/(\w+)_test\.csv", member.name))}
+    # Members are read, never extracted: their names choose no path on disk. Only regular
+    # files count (a folder or link so named has no bytes of its own to read).
+    subjects = {match[1]: member for member in archive.getmembers() if member.isfile()
+                and (match := re.fullmatch(r"data/test/(\w+)_test\.csv", member.name))}
     if not subjects:
       raise ValueError(f"{archive.name}: no data/test/<subject>_test.csv files")
     for subject, member in sorted(subjects.items()):

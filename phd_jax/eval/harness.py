@@ -34,26 +34,15 @@ class PhdJaxLM(LM):
   def __init__(self, checkpoint: str, mesh: str = "1:-1:1", seq_len: int | None = None,
                batch_size: int | str | None = None, max_batch_size=None, device=None):
     del max_batch_size, device  # batches have a fixed shape; devices come from the mesh
-    model, config, jax_mesh, _ = load_model(checkpoint, sharding.parse_sizes(str(mesh), ":"))
-    self._setup(model, config, jax_mesh, seq_len, batch_size)
-
-  @classmethod
-  def from_model(cls, model, config, mesh=None, seq_len: int | None = None,
-                 batch_size: int | None = None) -> "PhdJaxLM":
-    """An instance over a model in memory (e.g. during training) instead of a checkpoint."""
-    lm = cls.__new__(cls)
-    lm._setup(model, config, mesh, seq_len, batch_size)
-    return lm
-
-  def _setup(self, model, config, mesh, seq_len, batch_size):
     super().__init__()
+    model, config, jax_mesh, _ = load_model(checkpoint, sharding.parse_sizes(str(mesh), ":"))
     if batch_size in (None, "auto") or str(batch_size).startswith("auto"):
       batch_size = config.batch_size // config.microbatches
     self.model, self.config = model, config
     self.tokenizer = data.make_tokenizer(config)
     data.check_vocab(self.tokenizer, config)
     self.scorer = Scorer(model, seq_len=int(seq_len or config.seq_len),
-                         batch_size=int(batch_size), mesh=mesh, progress=True)
+                         batch_size=int(batch_size), mesh=jax_mesh, progress=True)
 
   def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
     pairs = [encode_pair(self.tokenizer, *r.args) for r in requests]

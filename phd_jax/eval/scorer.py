@@ -1,7 +1,7 @@
 """Batched, sharded log-likelihood scoring of (context, continuation) requests.
 
 `Scorer(model, seq_len=..., batch_size=..., mesh=...)` turns requests into fixed-shape
-`[batch_size, seq_len]` batches (`packing.plan`: truncation, shared prefixes, packed rows),
+`[batch_size, seq_len]` batches (`batching.plan`: truncation, shared prefixes, packed rows),
 runs them through one jitted forward on the mesh, and returns each request's summed
 continuation log-probability and whether greedy decoding would have produced it.
 One compilation per (model, batch shape): every batch has the same shape.
@@ -20,7 +20,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from phd_jax import sharding
-from phd_jax.eval import packing
+from phd_jax.eval import batching
 
 
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -113,11 +113,11 @@ class Scorer:
     """`[(context_ids, continuation_ids), ...]` -> `[(sum of log P(continuation)), greedy)]`.
 
     Contexts longer than fits lose their oldest tokens; continuations longer than seq_len
-    are scored in windows (`packing.windows`).
+    are scored in windows (`batching.windows`).
     """
     if not requests:
       return []
-    plan = packing.plan(requests, self.seq_len)
+    plan = batching.plan(requests, self.seq_len)
     B, T = self.batch_size, self.seq_len
     num_batches = math.ceil(plan.num_rows / B)
     arrays = []
@@ -135,7 +135,7 @@ class Scorer:
 
   def loglikelihood_rolling(self, documents, desc: str = "rolling") -> list[float]:
     """Summed log-probability of every token after the first of each document (token ids
-    starting with BOS), in windows of seq_len targets (`packing.windows`)."""
+    starting with BOS), in windows of seq_len targets (`batching.windows`)."""
     scored = [i for i, doc in enumerate(documents) if len(doc) > 1]
     totals = [0.0] * len(documents)
     results = self.loglikelihood([(documents[i][:1], documents[i][1:]) for i in scored], desc)

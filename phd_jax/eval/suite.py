@@ -8,13 +8,10 @@ Task data: `<data_dir>/<task>/<task>.jsonl` records `{"id", "context", "choices"
 
 from __future__ import annotations
 
-from flax import nnx
-
 from phd_jax import data
 from phd_jax.eval import heldout, report
 from phd_jax.eval.scorer import Scorer
 from phd_jax.eval.tasks import TASKS, evaluate_task, load_task
-from phd_jax.state import model_from_params
 
 DEFAULT_DATA_DIR = "eval_data"
 CHOICES = ("loss",) + tuple(TASKS)
@@ -44,18 +41,15 @@ def evaluate(model, config, mesh, tasks, *, data_dir: str = DEFAULT_DATA_DIR,
   return results
 
 
-def in_loop(model_or_params, config, mesh=None, *, tasks=("loss",), limit: int | None = None,
+def in_loop(model, config, mesh=None, *, tasks=("loss",), limit: int | None = None,
             data_dir: str = DEFAULT_DATA_DIR, loss_batches: int | None = None) -> dict:
   """Metrics to log during training: `eval/loss`, `eval/perplexity`, `eval/bits_per_byte`
   (when "loss" is in `tasks`), `eval/<task>` (the paper's metric of each task, on its first
   `limit` examples) and `eval/average`.
 
-  model_or_params: the model, or the train state's params. mesh: the one the params live
-  on (None: one device). Compiles once: later calls with the same shapes reuse the forward.
+  mesh: the one the model's parameters live on (None: one device). Compiles once: later
+  calls with the same shapes reuse the forward.
   """
-  model = model_or_params
-  if not isinstance(model, nnx.Module):
-    model = model_from_params(config, model)
   results = evaluate(model, config, mesh, tasks, data_dir=data_dir, limit=limit,
                      loss_batches=loss_batches)
   metrics = {}

@@ -2,7 +2,8 @@
 
   load_params(hf_dir, config, like=None)   HF weights as `config`'s parameters (warm starts)
   import_checkpoint(hf_dir, config, out)   an HF model as a phd_jax export (+ its tokenizer)
-  save_hf(out, params, config)             parameters as an HF directory
+  save_hf(out, params, config)             parameters as an HF directory (+ tokenizer and
+                                           generation config)
   export_checkpoint(path, out)             a checkpoint or export as an HF directory
 
 PHD adds no parameters, so one set of weights serves every variant: importing chooses the
@@ -18,6 +19,7 @@ import copy
 import json
 import os
 import shutil
+import uuid
 
 import jax
 import ml_dtypes
@@ -27,7 +29,7 @@ from flax import nnx
 from phd_jax import checkpoint
 from phd_jax import config as config_lib
 from phd_jax import state
-from phd_jax.hf import mapping, weights
+from phd_jax.hf import files, generation, mapping, weights
 
 ARCHITECTURES = ("auto", "phd", "native")
 EXPORT_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
@@ -109,22 +111,27 @@ def load_params(hf_dir: str, config, like=None):
                               for path, var in flat.items()])
 
 
-def _copy_tokenizer(src_dir: str, out_dir: str) -> list[str]:
-  copied = []
-  for name in TOKENIZER_FILES:
-    if os.path.isfile(os.path.join(src_dir, name)):
-      shutil.copy(os.path.join(src_dir, name), os.path.join(out_dir, name))
-      copied.append(name)
-  return copied
+def _tokenizer_files(directory: str) -> list[str]:
+  """The tokenizer files in `directory` (each inside it, links included)."""
+  return [files.inside(directory, name) for name in TOKENIZER_FILES
+          if os.path.isfile(os.path.join(directory, name))]
+
+
+def _copy(paths: list[str], out_dir: str) -> None:
+  for path in paths:
+    shutil.copy(path, os.path.join(out_dir, os.path.basename(path)))
 
 
 def import_checkpoint(hf_dir: str, config, out: str) -> str:
   """Write the HF model in `hf_dir` as a phd_jax export at `out` (a new folder).
 
   The model fields of `config` are replaced by the checkpoint's; its tokenizer.json (when
-  there is one) is copied into `out` and becomes the config's `hf` tokenizer. The export
-  warm-starts training (`checkpoint.warm_start=OUT`) and runs with evaluate/generate; the
-  rest of `config` (data, optimizer) is recorded as given and checked when a run uses it.
+  there is one) is copied into `out` and becomes the config's `hf` tokenizer; what HF
+  generation reads besides the weights is kept as `config.hf` (`phd_jax.hf.generation`).
+  The export warm-starts training (`checkpoint.warm_start=OUT`) and runs with
+  evaluate/generate; the rest of `config` (data, optimizer) is recorded as given and
+  checked when a run uses it. `hf_dir` is untrusted: every file read from it must lie
+  inside it (`files.inside`), and all are checked before anything is written.
   """
   if os.path.exists(out):
     raise ValueError(f"--out={out} already exists")
@@ -133,7 +140,9 @@ def import_checkpoint(hf_dir: str, config, out: str) -> str:
   config.unlock()
   config.model.update(mapping.model_fields(hf_config, os.path.join(hf_dir, mapping.CONFIG_FILE)))
   config_lib.phd_spec(config)  # the variant; the model fields are the checkpoint's
-  has_tokenizer = os.path.isfile(os.path.join(hf_dir, "tokenizer.json"))
+  config.hf = generation.recorded(hf_dir, hf_config)
+  tokenizer_files = _tokenizer_files(hf_dir)
+  has_tokenizer = os.path.join(hf_dir, "tokenizer.json") in tokenizer_files
   if has_tokenizer:
     config.data.tokenizer = "hf"
     config.data.tokenizer_path = os.path.join(os.path.abspath(out), "tokenizer.json")
@@ -143,7 +152,7 @@ def import_checkpoint(hf_dir: str, config, out: str) -> str:
   params = jax.tree.map(lambda a: jax.device_put(a, cpu), load_params(hf_dir, config))
   checkpoint.export_params(out, params, config)
   if has_tokenizer:
-    _copy_tokenizer(hf_dir, out)
+    _copy(tokenizer_files, out)
   return out
 
 
@@ -180,7 +189,8 @@ def _hf_tensors(params, cfg, dtype):
 
 def save_hf(out: str, params, config, *, architecture: str = "auto", dtype: str = "float32",
             max_shard_bytes: int = MAX_SHARD_BYTES) -> str:
-  """Write `params` of `config`'s model as an HF directory `out` (new or empty).
+  """Write `params` of `config`'s model as an HF directory `out` (new or empty), whole or
+  not at all: it is written beside `out` and renamed when complete.
 
   Args:
     architecture: "auto" (the dense architecture for Vanilla, PhdForCausalLM for PHD),
@@ -193,23 +203,47 @@ def save_hf(out: str, params, config, *, architecture: str = "auto", dtype: str 
     raise ValueError(f"dtype must be one of {sorted(EXPORT_DTYPES)}; got {dtype!r}")
   cfg, spec = _model_config(config), config_lib.phd_spec(config)
   name = _architecture(cfg, spec, architecture)
-  if os.path.exists(out) and os.listdir(out):
-    raise ValueError(f"--out={out} exists and is not empty")
-  os.makedirs(out, exist_ok=True)
-  hf_config = mapping.hf_config(cfg, spec, name, max_positions=config.seq_len, dtype=dtype)
-  weights.write(out, _hf_tensors(params, cfg, dtype), max_shard_bytes)
-  with open(os.path.join(out, mapping.CONFIG_FILE), "w") as f:
-    json.dump(hf_config, f, indent=2)
-  if name == mapping.PHD_ARCHITECTURE:
-    for file in MODELING_FILES:
-      shutil.copy(os.path.join(os.path.dirname(__file__), file), os.path.join(out, file))
-  if config.data.tokenizer == "hf" and config.data.tokenizer_path:
-    _copy_tokenizer(os.path.dirname(config.data.tokenizer_path), out)
+  _check_out(out)
+  special_ids, max_positions, generation_config = generation.for_export(config)
+  hf_config = {**mapping.hf_config(cfg, spec, name, max_positions=max_positions, dtype=dtype),
+               **special_ids}
+  tokenizer_files = (_tokenizer_files(os.path.dirname(config.data.tokenizer_path))
+                     if config.data.tokenizer == "hf" and config.data.tokenizer_path else [])
+  modeling_files = ([os.path.join(os.path.dirname(__file__), f) for f in MODELING_FILES]
+                    if name == mapping.PHD_ARCHITECTURE else [])
+  staging = _staging_folder(out)
+  try:
+    weights.write(staging, _hf_tensors(params, cfg, dtype), max_shard_bytes)
+    for file, content in ((mapping.CONFIG_FILE, hf_config),
+                          (generation.GENERATION_FILE, generation_config)):
+      with open(os.path.join(staging, file), "w") as f:
+        json.dump(content, f, indent=2)
+    _copy([*modeling_files, *tokenizer_files], staging)
+    os.replace(staging, out)  # `out` is absent or an empty folder
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)
+    raise
   return name
+
+
+def _check_out(out: str) -> None:
+  if os.path.exists(out) and not (os.path.isdir(out) and not os.listdir(out)):
+    raise ValueError(f"--out={out} exists and is not an empty folder")
+
+
+def _staging_folder(out: str) -> str:
+  """A new hidden folder beside `out`, on the same file system (so renaming is atomic)."""
+  out = os.path.abspath(out)
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  staging = os.path.join(os.path.dirname(out),
+                         f".{os.path.basename(out)}.partial-{uuid.uuid4().hex[:8]}")
+  os.mkdir(staging)
+  return staging
 
 
 def export_checkpoint(path, out: str, **options) -> str:
   """`save_hf` of a workdir's newest checkpoint, a step folder or an export (loaded onto
   one device with the config saved beside it); returns the architecture written."""
+  _check_out(out)  # before loading the model
   loaded = state.load_model(path)
   return save_hf(out, nnx.state(loaded.model, nnx.Param), loaded.config, **options)

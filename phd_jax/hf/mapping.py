@@ -18,10 +18,10 @@ A linear layer is `[in, out]` here (heads on their own axes, e.g. `wq [D, H, Dh]
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 
+from phd_jax.hf import files
 from phd_jax.masks import PHDSpec
 
 CONFIG_FILE = "config.json"
@@ -36,7 +36,6 @@ REFUSED = {
     "Qwen2ForCausalLM": "its q_proj/k_proj/v_proj always carry biases, and phd_jax's attention "
                         "has none",
 }
-PHD_FIELDS = ("phd_k", "phd_window", "phd_chunk", "phd_window_unit", "phd_positions")
 # Checkpoint names of (attn_norm, mlp_norm) in each norm style.
 NORM_NAMES = {"reordered": ("post_attention_layernorm", "post_feedforward_layernorm"),
               "pre": ("input_layernorm", "post_attention_layernorm")}
@@ -48,11 +47,7 @@ def read_config(hf_dir: str) -> dict:
   path = os.path.join(hf_dir, CONFIG_FILE)
   if not os.path.isfile(path):
     raise ValueError(f"{path} does not exist: not a Hugging Face model directory")
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except ValueError as e:
-    raise ValueError(f"{path} is not valid JSON: {e}") from None
+  return files.read_json(files.inside(hf_dir, CONFIG_FILE))
 
 
 def architecture(hf_config: dict, where: str = CONFIG_FILE) -> str:
@@ -110,13 +105,22 @@ def _required(hf_config: dict, field: str, where: str):
   return hf_config[field]
 
 
+def _count(hf_config: dict, field: str, where: str, default: int | None = None) -> int:
+  """A positive integer field; `default` when it is absent (None: required)."""
+  value = _required(hf_config, field, where) if default is None else hf_config.get(field)
+  if value is None:
+    return default
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ValueError(f"{where}: {field}={value!r} is not a positive integer")
+  return value
+
+
 def model_fields(hf_config: dict, where: str = CONFIG_FILE) -> dict:
   """`config.model` fields (ModelConfig names) that reproduce the HF model exactly."""
   name = architecture(hf_config, where)
   _refuse_unsupported(hf_config, where)
-  heads = int(_required(hf_config, "num_attention_heads", where))
-  d_model = int(_required(hf_config, "hidden_size", where))
-  head_dim = hf_config.get("head_dim") or d_model // heads
+  heads = _count(hf_config, "num_attention_heads", where)
+  d_model = _count(hf_config, "hidden_size", where)
   if name == PHD_ARCHITECTURE:
     norm_style, qk_norm, per_head = (hf_config.get("norm_style", "reordered"),
                                      bool(hf_config.get("qk_norm", True)),
@@ -124,13 +128,13 @@ def model_fields(hf_config: dict, where: str = CONFIG_FILE) -> dict:
   else:
     _, norm_style, qk_norm, per_head = NATIVE[name]
   return dict(
-      vocab_size=int(_required(hf_config, "vocab_size", where)),
+      vocab_size=_count(hf_config, "vocab_size", where),
       d_model=d_model,
-      num_layers=int(_required(hf_config, "num_hidden_layers", where)),
+      num_layers=_count(hf_config, "num_hidden_layers", where),
       num_heads=heads,
-      num_kv_heads=int(hf_config.get("num_key_value_heads") or heads),
-      head_dim=int(head_dim),
-      mlp_dim=int(_required(hf_config, "intermediate_size", where)),
+      num_kv_heads=_count(hf_config, "num_key_value_heads", where, default=heads),
+      head_dim=_count(hf_config, "head_dim", where, default=max(d_model // heads, 1)),
+      mlp_dim=_count(hf_config, "intermediate_size", where),
       rope_theta=_rope_theta(hf_config, where),
       norm_eps=float(_required(hf_config, "rms_norm_eps", where)),
       norm_style=norm_style,

@@ -1,10 +1,11 @@
 """Streaming safetensors I/O of Hugging Face model directories.
 
-Reading never unpickles (`.bin` weights are refused) and never holds a second copy of the
-model: every shard's header (names, shapes, dtypes) is read and checked against the tensors
-the config implies before any data is, then tensors are read one at a time from the
-memory-mapped shards (`phd_jax.hf.checkpoints` converts each into its preallocated
-parameter). Peak host memory: the parameters plus one tensor.
+Reading never unpickles (`.bin` weights are refused), never follows the index out of the
+model directory (`files.inside`), names a damaged file in one line, and never holds a
+second copy of the model: every shard's header (names, shapes, dtypes) is read and
+checked against the tensors the config implies before any data is, then tensors are read
+one at a time from the memory-mapped shards (`phd_jax.hf.checkpoints` converts each into
+its preallocated parameter). Peak host memory: the parameters plus one tensor.
 
 Writing gathers tensors in checkpoint order into shards of at most `max_shard_bytes`
 (`model.safetensors`, or `model-0000i-of-0000n.safetensors` plus the index), holding one
@@ -19,32 +20,50 @@ import os
 from collections.abc import Iterable, Iterator
 
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from phd_jax.hf import mapping
+from phd_jax.hf import files, mapping
 
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 PICKLED = ("*.bin", "*.pt", "*.pth", "*.ckpt")
 
 
+def _open(path: str):
+  """safe_open; a damaged file (truncated, a header of absurd size, not safetensors at all)
+  is named in one line instead of the library's traceback."""
+  try:
+    return safe_open(path, "numpy")
+  except (SafetensorError, OSError) as e:
+    raise ValueError(f"{path} is not a readable safetensors file: {e}") from None
+
+
+def _weight_map(hf_dir: str) -> dict[str, str]:
+  """The index's tensor name -> shard file, each shard checked to lie inside `hf_dir`."""
+  index_path = files.inside(hf_dir, INDEX_FILE)
+  weight_map = files.read_json(index_path).get("weight_map")
+  if not (isinstance(weight_map, dict) and weight_map
+          and all(isinstance(v, str) for v in weight_map.values())):
+    raise ValueError(f"{index_path} is not a safetensors index: its weight_map must map each "
+                     "tensor name to a shard file")
+  first_tensor = {}
+  for tensor, shard in weight_map.items():
+    first_tensor.setdefault(shard, tensor)
+  for shard, tensor in sorted(first_tensor.items()):
+    path = files.inside(hf_dir, shard, f"{index_path}: weight_map[{tensor!r}]")
+    if not os.path.isfile(path):
+      raise ValueError(f"{index_path} lists the shard {shard}, which is missing from {hf_dir}")
+  return weight_map
+
+
 def shard_names(hf_dir: str) -> dict[str, str]:
   """Tensor name -> shard file, from the index or the single weights file; every shard
-  the index names must exist."""
-  index_path = os.path.join(hf_dir, INDEX_FILE)
-  if os.path.isfile(index_path):
-    try:
-      with open(index_path) as f:
-        weight_map = json.load(f)["weight_map"]
-    except (ValueError, KeyError) as e:
-      raise ValueError(f"{index_path} is not a safetensors index (no weight_map): {e}") from None
-    for shard in sorted(set(weight_map.values())):
-      if not os.path.isfile(os.path.join(hf_dir, shard)):
-        raise ValueError(f"{index_path} lists the shard {shard}, which is missing from {hf_dir}")
-    return weight_map
+  the index names must exist inside `hf_dir`."""
+  if os.path.isfile(os.path.join(hf_dir, INDEX_FILE)):
+    return _weight_map(hf_dir)
   if os.path.isfile(os.path.join(hf_dir, WEIGHTS_FILE)):
-    with safe_open(os.path.join(hf_dir, WEIGHTS_FILE), "numpy") as f:
+    with _open(files.inside(hf_dir, WEIGHTS_FILE)) as f:
       return {name: WEIGHTS_FILE for name in f.keys()}
   pickled = sorted(os.path.basename(p) for pattern in PICKLED
                    for p in glob.glob(os.path.join(hf_dir, pattern)))
@@ -59,7 +78,7 @@ def headers(hf_dir: str, names: dict[str, str]) -> dict[str, tuple[tuple[int, ..
   """Tensor name -> (shape, dtype) from the shard headers, without reading tensor data."""
   found = {}
   for shard in sorted(set(names.values())):
-    with safe_open(os.path.join(hf_dir, shard), "numpy") as f:
+    with _open(os.path.join(hf_dir, shard)) as f:
       for name in f.keys():
         tensor = f.get_slice(name)
         found[name] = (tuple(tensor.get_shape()), tensor.get_dtype())
@@ -103,7 +122,7 @@ def read(hf_dir: str, expected: list[mapping.Tensor], names: dict[str, str]
   for tensor in expected:
     by_shard.setdefault(names[tensor.hf_name], []).append(tensor)
   for shard, shard_tensors in sorted(by_shard.items()):
-    with safe_open(os.path.join(hf_dir, shard), "numpy") as f:
+    with _open(os.path.join(hf_dir, shard)) as f:
       for tensor in shard_tensors:
         yield tensor, f.get_tensor(tensor.hf_name)
 
