@@ -25,7 +25,7 @@ import os
 import ml_collections
 
 from phd_jax import attention as attention_lib
-from phd_jax import data, sharding
+from phd_jax import checkpoint, data, sharding
 from phd_jax.layers import DTYPES
 from phd_jax.masks import PHDSpec, parse_variant
 from phd_jax.model import NORM_STYLES, REMAT_POLICIES, ModelConfig
@@ -220,20 +220,7 @@ def _check_loop(config):
     raise ConfigError(f"batch_size={config.batch_size} must be divisible by "
                       f"microbatches={config.microbatches}")
   profile_range(config)
-  check_checkpoint(config)
-
-
-def check_checkpoint(config) -> None:
-  """The `checkpoint.*` part of `validate` (the checkpointer checks its options itself)."""
-  c = config.checkpoint
-  _integers(config, 0, "checkpoint.every", "checkpoint.keep_period")
-  _integers(config, 1, "checkpoint.keep")
-  if c.every and c.keep_period % c.every:
-    raise ConfigError(f"checkpoint.keep_period={c.keep_period} must be a multiple of "
-                      f"checkpoint.every={c.every}, or it keeps (almost) nothing")
-  for name in ("async_save", "checksums"):
-    if not isinstance(c[name], bool):
-      raise ConfigError(f"checkpoint.{name} must be a bool; got {c[name]!r}")
+  checkpoint.check_options(config)  # the checkpointer's own settings, asked of it
 
 
 def _check_eval_tasks(config, training: bool):

@@ -5,7 +5,7 @@
 
 Restores only the parameters (the newest complete step of a workdir, a step folder or an
 export) onto a mesh of the devices at hand, with the config saved in the checkpoint. A
-workdir's step that does not read back as written (`checkpoint_integrity`) is skipped with
+workdir's step that does not read back as written (`checkpoint.integrity`) is skipped with
 one line and the step before it tried, as training resumes; nothing is renamed.
 `loss`: loss, perplexity and bits per byte on `loss_batches` batches of the run's validation
 split. Each task: zero-shot multiple choice by the summed log-likelihood of each option,

@@ -36,7 +36,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from phd_jax import config as config_lib
-from phd_jax import optim, sharding, state, train
+from phd_jax import checkpoint, optim, sharding, state, train
 from phd_jax import workdir as workdir_lib
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant].",
@@ -227,7 +227,7 @@ def main(argv) -> None:
     with _quiet_write_failures():
       final = train.train(config, FLAGS.workdir, mesh=mesh, allow_restart=FLAGS.allow_restart,
                           allow_config_change=FLAGS.allow_config_change)
-  except config_lib.ConfigError as e:
+  except (config_lib.ConfigError, checkpoint.ModelMismatch) as e:
     usage_error(str(e))
   except workdir_lib.RunRefused as e:
     usage_error(str(e), status=1)

@@ -21,6 +21,7 @@ from phd_jax.attention.splash import splash_attention
 from phd_jax.attention.split import XlaCausal, split_attention
 from phd_jax.attention.structured import joint_softmax, structured_attention
 from phd_jax.masks import PHDSpec
+from tier_helpers import one_fast
 
 B, T, H, G, DH = 2, 13, 4, 2, 8
 DOCS = [[5, 6, 2], [10, 3]]  # document lengths per row; row 1 ends in 3 padding tokens
@@ -93,11 +94,12 @@ def _assert_matches_dense(impl, k, variant, dtype=jnp.float32, packed=True):
     assert np.abs(a - b).max() <= bound, (name, np.abs(a - b).max(), bound)
 
 
-@pytest.mark.parametrize("k,variant", ALL_CASES)
+@pytest.mark.parametrize("k,variant", one_fast(ALL_CASES))
 def test_structured_matches_dense(k, variant):
   _assert_matches_dense(structured_attention, k, variant)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k,variant", [(1, "PHD"), (2, "CSWA-positions"), (4, "SWA-tokens")])
 def test_structured_blockwise_matches_dense(k, variant):
   """Query blocks of 5 tokens: 13 tokens make blocks of 5, 5 and 3, each rematerialised."""
@@ -105,6 +107,7 @@ def test_structured_blockwise_matches_dense(k, variant):
   _assert_matches_dense(blockwise, k, variant)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k,variant", [(2, "SWA-positions"), (4, "CSWA-tokens")])
 def test_structured_matches_dense_bfloat16(k, variant):
   _assert_matches_dense(structured_attention, k, variant, jnp.bfloat16)
@@ -114,16 +117,17 @@ def test_structured_without_segments():
   _assert_matches_dense(structured_attention, 3, "CSWA-tokens", packed=False)
 
 
-@pytest.mark.parametrize("k,variant,dtype", [
+@pytest.mark.parametrize("k,variant,dtype", one_fast([
     (1, "PHD", jnp.float32), (2, "CSWA-positions", jnp.float32),
     (3, "SWA-tokens", jnp.float32), (4, "PHD", jnp.float32),
-    (4, "CSWA-tokens", jnp.bfloat16)])
+    (4, "CSWA-tokens", jnp.bfloat16)]))
 def test_split_merge_matches_dense(k, variant, dtype):
   """The kernel + band merge with its custom VJP (the GPU and TPU paths), on the XLA kernel."""
   split = lambda *a: split_attention(XlaCausal(), *a)
   _assert_matches_dense(split, k, variant, dtype)
 
 
+@pytest.mark.slow
 def test_split_merge_bfloat16_gradients_are_as_exact_as_structured():
   """At 128 tokens bfloat16 errors are well above the 1e-2 floor of the 13-token tests:
   the merge's backward must not round dP and D to bfloat16 before subtracting them."""
@@ -182,6 +186,7 @@ def test_joint_softmax_is_softmax_of_concatenation():
                              jax.nn.softmax(jnp.concatenate([a, b], -1)), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_cudnn_falls_back_where_cudnn_cannot_run():
   q = jnp.zeros((1, 4, 2, 4, 64), jnp.bfloat16)
   assert cudnn_supports(q)

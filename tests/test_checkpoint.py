@@ -20,7 +20,7 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from checkpoint_helpers import flip_a_bit
 from phd_jax import checkpoint, sharding, train
-from phd_jax import checkpoint_integrity as integrity
+from phd_jax.checkpoint import integrity
 from phd_jax import state as state_lib
 from run_helpers import tiny_config
 
@@ -98,6 +98,7 @@ def _saved(workdir, config, steps, mesh):
   return expected
 
 
+@pytest.mark.slow
 def test_restore_onto_other_meshes_and_device_counts(tmp_path):
   config = _config()
   saved = _saved(tmp_path, config, [4], _mesh((8, 1, 1)))[4]
@@ -268,6 +269,7 @@ def test_bad_options_and_data_state_are_clear_errors(tmp_path):
     checkpoint.load_params(tmp_path / "missing", {})
 
 
+@pytest.mark.slow
 def test_warm_start_continues_a_vanilla_run_as_phd(tmp_path):
   """Params only, through the config: a Vanilla run's params start a PHD-CSWA-3-16-32 run."""
   def run_config(variant, **fields):

@@ -213,6 +213,7 @@ def _records(workdir):
     return {r["step"]: r for r in map(json.loads, f)}
 
 
+@pytest.mark.slow
 def test_training_records_the_count_and_epochs_and_resumes_mid_epoch_bitwise(
     corpus, tmp_path, monkeypatch, capsys):
   lengths = corpus["lengths"]

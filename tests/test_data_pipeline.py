@@ -236,6 +236,7 @@ def test_stdlib_corpus_prepares_and_splits_by_path(tmp_path):
   assert val["tokens"].shape == (2, 64) and (val["tokens"][:, 0] == 1).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["Vanilla", "PHD-CSWA-2-2-4"])
 @pytest.mark.parametrize("source", ["synthetic", "tfds"])
 def test_packed_batch_through_model_equals_documents_alone(corpus, source, variant):

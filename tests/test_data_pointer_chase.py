@@ -91,6 +91,7 @@ def test_bad_settings_are_refused():
     batch(mechanism_config(**{"data.chase_table": "pair"}))
 
 
+@pytest.mark.slow
 def test_answer_accuracy_is_the_models_argmax():
   c = mechanism_config(batch_size=8, **{"model.d_model": 32, "model.mlp_dim": 64,
                                         "model.head_dim": 8})

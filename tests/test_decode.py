@@ -14,13 +14,10 @@ from phd_jax.decode import engine
 from phd_jax.masks import parse_variant
 from phd_jax.model import Attention, ModelConfig, Transformer
 from run_helpers import tiny_config
+from tier_helpers import one_fast
 
 CFG = ModelConfig(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
                   head_dim=8, mlp_dim=64, rope_theta=10_000.0)
-
-
-def tiny_config(variant):
-  return tiny_config(variant)
 
 
 def make_model(variant, window_unit="tokens", positions="shared", seed=0, scan_layers=True):
@@ -68,6 +65,7 @@ CASES = [(*case, True) for case in [
       ("PHD-CSWA-4-3-3", "positions", "shared", False)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant,window_unit,positions,scan_layers", CASES)
 def test_prefill_and_steps_equal_training_forward(variant, window_unit, positions,
                                                   scan_layers):
@@ -88,6 +86,7 @@ def test_prefill_and_steps_equal_training_forward(variant, window_unit, position
                                rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant,window_unit", [
     ("Vanilla", "tokens"), ("PHD-3", "tokens"), ("PHD-SWA-3-3-inf", "tokens"),
     ("PHD-CSWA-4-3-3", "positions")])
@@ -207,6 +206,7 @@ def full_prefill(decoder, prompts, cache_len):
                              cache_len, laid.tokens_BT.shape[1], laid.tokens_BT)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant,window_unit,positions",
                          [case[:3] for case in CASES if "SWA" in case[0] and case[3]])
 def test_truncated_swa_prefill_equals_the_full_prefill(variant, window_unit, positions):
@@ -240,7 +240,7 @@ def test_truncated_swa_prefill_equals_the_full_prefill(variant, window_unit, pos
     np.testing.assert_allclose(got_LBWGD[:, kept_BW], want_LBWGD[:, kept_BW], atol=1e-5)
 
 
-@pytest.mark.parametrize("k", [2, 3, 8])
+@pytest.mark.parametrize("k", one_fast([2, 3, 8]))
 def test_phd_cache_has_exactly_the_vanilla_shapes(k):
   prompts = random_tokens(3, 5, 3)
   _, vanilla = decode.Decoder(make_model("Vanilla")).prefill(prompts, cache_len=12)
@@ -273,6 +273,7 @@ def brute_force_greedy(model, prompt, steps):
   return tokens[len(prompt):]
 
 
+@pytest.mark.slow
 def test_greedy_generation_is_the_argmax_of_the_training_forward_and_repeatable():
   model = make_model("PHD-CSWA-3-3-4", window_unit="positions")
   prompts = random_tokens(4, 6, 2)
@@ -281,6 +282,7 @@ def test_greedy_generation_is_the_argmax_of_the_training_forward_and_repeatable(
   assert decode.generate(model, prompts, 7) == got
 
 
+@pytest.mark.slow
 def test_generation_stops_at_eos_for_each_row():
   model = make_model("PHD-SWA-2-2-inf")
   prompts = random_tokens(5, 4, 6)
@@ -293,6 +295,7 @@ def test_generation_stops_at_eos_for_each_row():
     assert max(len(row) for row in got) < 8
 
 
+@pytest.mark.slow
 def test_sampling_is_seeded_and_its_limits_reduce_to_greedy():
   model = make_model("PHD-3")
   prompts = random_tokens(6, 5, 3)
@@ -323,6 +326,7 @@ def test_sample_draws_from_the_restricted_softmax(sampling, expected):
   np.testing.assert_allclose(freq, probs, atol=0.015)
 
 
+@pytest.mark.slow
 def test_steps_past_the_cache_or_with_wrong_batch_are_refused():
   decoder = decode.Decoder(make_model("PHD-2"))
   _, cache = decoder.prefill([[1, 2, 3]], cache_len=4, max_new_tokens=2)
@@ -354,6 +358,7 @@ def test_bad_requests_get_a_clear_error(prompts, kwargs, message):
     decode.generate(model, prompts, **kwargs)
 
 
+@pytest.mark.slow
 def test_generate_command_continues_prompts_from_an_exported_checkpoint(tmp_path):
   config = tiny_config("PHD-CSWA-2-2-4")
   config.model.update(d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
@@ -372,6 +377,7 @@ def test_generate_command_continues_prompts_from_an_exported_checkpoint(tmp_path
     generate.continue_texts(str(path), ["ok", ""], 6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant,window_unit", [
     ("PHD-SWA-3-3-inf", "tokens"), ("PHD-CSWA-4-3-3", "positions")])
 def test_bucketed_prompts_give_the_same_logits_and_tokens(variant, window_unit):
@@ -384,6 +390,7 @@ def test_bucketed_prompts_give_the_same_logits_and_tokens(variant, window_unit):
   assert bucketed.generate(prompts, 6) == exact.generate(prompts, 6)
 
 
+@pytest.mark.slow
 def test_prompt_lengths_compile_one_prefill_per_bucket(monkeypatch):
   traces = []
   prefill = engine.prefill
@@ -410,6 +417,7 @@ def test_prompt_lengths_compile_one_prefill_per_bucket(monkeypatch):
   assert [shape[1] for shape in traces] == [16]
 
 
+@pytest.mark.slow
 def test_sharded_decoding_equals_one_device():
   """Rows over data x fsdp (3 prompts fill 4 rows), heads, caches and vocabulary over
   tensor, on a 2 x 2 x 2 mesh of the 8 fake CPU devices."""

@@ -40,6 +40,7 @@ def saved_run(tmp_path_factory):
   return workdir, data_dir, results, model
 
 
+@pytest.mark.slow
 def test_heldout_loss_is_the_training_loss_of_the_validation_batches(saved_run):
   _, _, results, model = saved_run
   config = eval_config()
@@ -90,6 +91,7 @@ def test_checkpoint_from_8_devices_evaluates_on_1_device_alike(saved_run):
   assert f"| arc_easy | 6 | {100 * expected['arc_easy']['acc']:.1f} ±" in markdown
 
 
+@pytest.mark.slow
 def test_in_loop_metrics_match_the_full_evaluation(saved_run):
   workdir, data_dir, expected, _ = saved_run
   model, config, mesh, _ = state.load_model(workdir, (2, 2, 2))
@@ -122,6 +124,7 @@ def test_bad_flags_exit_2_with_one_line(tmp_path, capsys, argv, message):
   assert re.search(message, err), err
 
 
+@pytest.mark.slow
 def test_step_folder_results_land_in_the_runs_workdir(saved_run, tmp_path, monkeypatch, capsys):
   run = tmp_path / "run"
   shutil.copytree(saved_run[0], run)

@@ -20,6 +20,8 @@ from phd_jax import checkpoint, decode, sharding, state  # noqa: E402
 from phd_jax.eval.scorer import encode_pair  # noqa: E402
 from phd_jax.eval.tasks import evaluate_task, load_task  # noqa: E402
 
+pytestmark = pytest.mark.slow  # lm-eval over an exported model: the longest in-process tests
+
 SAMPLE = 8
 TASK_YAML = """task: {name}_sample
 dataset_path: json

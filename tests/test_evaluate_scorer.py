@@ -10,6 +10,7 @@ from phd_jax.eval import batching
 from phd_jax.eval.scorer import Scorer, encode_pair
 from phd_jax.masks import parse_variant
 from phd_jax.model import ModelConfig, Transformer
+from tier_helpers import one_fast
 
 CFG = ModelConfig(vocab_size=38, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
                   head_dim=8, mlp_dim=48, rope_theta=10_000.0, attention_impl="dense")
@@ -63,7 +64,7 @@ def check_equal(got, expected):
   assert [g for _, g in got] == [e for _, e in expected]
 
 
-@pytest.mark.parametrize("variant,kwargs", VARIANTS)
+@pytest.mark.parametrize("variant,kwargs", one_fast(VARIANTS))
 def test_scorer_equals_per_request_forward(variant, kwargs):
   model = make(variant, **kwargs)
   requests = make_requests()
@@ -93,6 +94,7 @@ def test_plan_shares_prefixes_and_packs_rows():
   assert plan.num_rows == -(-sum(len(i) for i in served) // SEQ_LEN)  # rows are full
 
 
+@pytest.mark.slow
 def test_long_continuations_and_rolling_loglikelihood_score_in_windows():
   model = make("PHD-SWA-2-3-inf")
   rng = np.random.default_rng(3)

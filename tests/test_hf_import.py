@@ -36,6 +36,7 @@ def test_vanilla_logits_equal_transformers_on_a_padded_batch(hf_dirs, kind):
   np.testing.assert_allclose(logits[real], expected[real], atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_both_layer_layouts_import_the_same_function(hf_dirs):
   tokens = jnp.asarray(hf_helpers.padded_batch()[0])
   scanned = _imported(hf_dirs["olmo2"], scan_layers=True)(tokens)
@@ -43,6 +44,7 @@ def test_both_layer_layouts_import_the_same_function(hf_dirs):
   np.testing.assert_allclose(np.asarray(scanned), np.asarray(looped), atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_greedy_generation_equals_transformers(hf_dirs, kind):
   prompts = [[5, 17, 99, 3, 64, 12], [7, 7, 120]]

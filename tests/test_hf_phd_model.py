@@ -9,6 +9,7 @@ import transformers
 
 from phd_jax import decode, hf, state
 import hf_helpers
+from tier_helpers import one_fast
 
 # (norm/QK-norm style of the source checkpoint, variant, window_unit, positions)
 CASES = [
@@ -39,7 +40,7 @@ def _export_phd(hf_dir, out, variant, window_unit, positions):
   return state.model_from_params(config, params), torch_model.eval()
 
 
-@pytest.mark.parametrize("kind,variant,window_unit,positions", CASES)
+@pytest.mark.parametrize("kind,variant,window_unit,positions", one_fast(CASES))
 def test_pytorch_phd_model_equals_jax_on_a_padded_batch(hf_dirs, tmp_path, kind, variant,
                                                         window_unit, positions):
   model, torch_model = _export_phd(hf_dirs[kind], tmp_path / "phd", variant, window_unit,
@@ -53,6 +54,7 @@ def test_pytorch_phd_model_equals_jax_on_a_padded_batch(hf_dirs, tmp_path, kind,
   np.testing.assert_allclose(logits[real], expected[real], atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_pytorch_phd_generation_equals_phd_jax_decoding(hf_dirs, tmp_path):
   model, torch_model = _export_phd(hf_dirs["olmo2"], tmp_path / "phd", "PHD-CSWA-3-2-4",
                                    "tokens", "shared")

@@ -1,6 +1,7 @@
 """Continued pretraining: a transformers checkpoint warm-starts a PHD-CSWA training run."""
 
 import numpy as np
+import pytest
 from flax import nnx
 
 from phd_jax import checkpoint, hf, sharding, state, train
@@ -8,6 +9,7 @@ import hf_helpers
 from run_helpers import losses
 
 
+@pytest.mark.slow
 def test_hf_checkpoint_continues_as_phd_cswa_on_the_tiny_corpus(tmp_path):
   # The byte-level tiny corpus needs the tiny config's vocabulary of 384.
   hf_helpers.tiny_hf_model("olmo2", vocab_size=384).save_pretrained(tmp_path / "hf")

@@ -73,7 +73,7 @@ def find_cycle(graph):
 def test_the_graph_is_read_from_the_source():
   graph = import_graph()
   assert "phd_jax.state" in graph["phd_jax.train"]
-  assert "phd_jax.config" in graph["phd_jax.checkpoint"]
+  assert "phd_jax.checkpoint" in graph["phd_jax.config"]
   assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
 
 

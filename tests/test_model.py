@@ -11,6 +11,7 @@ from flax import nnx
 from phd_jax.loss import next_token_loss
 from phd_jax.masks import parse_variant
 from phd_jax.model import ModelConfig, Transformer, copy_positions, unstack_layers
+from tier_helpers import one_fast
 
 CFG = ModelConfig(vocab_size=61, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
                   head_dim=8, mlp_dim=48, rope_theta=10_000.0, attention_impl="dense")
@@ -97,7 +98,7 @@ def test_vanilla_equals_independent_transformer(norm_style, scan_layers):
                              rtol=2e-4, atol=2e-4)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", one_fast(VARIANTS))
 def test_shapes_and_dtypes(variant):
   model = make(variant, dataclasses.replace(CFG, dtype="bfloat16"))
   logits = model(tokens())
@@ -107,7 +108,7 @@ def test_shapes_and_dtypes(variant):
   assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-@pytest.mark.parametrize("variant", VARIANTS[1:])
+@pytest.mark.parametrize("variant", one_fast(VARIANTS[1:]))
 def test_originals_are_the_vanilla_model(variant):
   """Copy 0 never sees hidden copies: a PHD model's originals are the vanilla model's."""
   phd, vanilla = make(variant), make("Vanilla")
@@ -127,7 +128,7 @@ def run_blocks(model, x_BTKD):
   return x_BTKD
 
 
-@pytest.mark.parametrize("variant", VARIANTS[1:])
+@pytest.mark.parametrize("variant", one_fast(VARIANTS[1:]))
 def test_perturbing_hidden_copies_leaves_originals(variant):
   model = make(variant, dataclasses.replace(CFG, scan_layers=False))  # blocks one by one
   x = jax.random.normal(jax.random.key(0), (2, 9, model.spec.k, CFG.d_model))
@@ -138,8 +139,8 @@ def test_perturbing_hidden_copies_leaves_originals(variant):
   assert not np.allclose(np.asarray(out[:, :, 1:]), np.asarray(out_noisy[:, :, 1:]))
 
 
-@pytest.mark.parametrize("variant,positions", [(v, "shared") for v in VARIANTS] +
-                         [(v, "expanded") for v in VARIANTS[1:]])
+@pytest.mark.parametrize("variant,positions", one_fast([(v, "shared") for v in VARIANTS] +
+                                                      [(v, "expanded") for v in VARIANTS[1:]]))
 def test_causal(variant, positions):
   model = make(variant, positions=positions)
   toks = tokens(B=1, T=12)
@@ -149,7 +150,7 @@ def test_causal(variant, positions):
   assert not np.allclose(a[:, 7:], b[:, 7:])
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", one_fast(VARIANTS))
 def test_packed_documents_equal_each_document_alone(variant):
   model = make(variant)
   lengths = [5, 8, 3]
@@ -171,7 +172,7 @@ def test_expanded_positions_change_hidden_copies_only():
   np.testing.assert_array_equal(np.asarray(copy_positions(expanded.spec, pos))[0, 2], [6, 7, 8])
 
 
-@pytest.mark.parametrize("variant", ["Vanilla", "PHD-CSWA-3-4-4"])
+@pytest.mark.parametrize("variant", one_fast(["Vanilla", "PHD-CSWA-3-4-4"]))
 @pytest.mark.parametrize("tie", [False, True])
 def test_gradients_finite_and_nonzero(variant, tie):
   model = make(variant, dataclasses.replace(CFG, tie_embeddings=tie, remat="full"))

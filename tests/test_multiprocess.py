@@ -15,7 +15,8 @@ pytestmark = pytest.mark.slow
 
 STEPS = 4
 VARIANT = "PHD-CSWA-2-2-4"
-RUN = SHORT_RUN | {"num_steps": STEPS, "log_every": 1, "checkpoint.every": 0}
+RUN = SHORT_RUN | {"num_steps": STEPS, "log_every": 1, "optim.warmup_steps": 1,
+                   "checkpoint.every": 0}
 
 
 def test_two_processes_match_one(tmp_path):

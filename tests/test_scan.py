@@ -52,6 +52,7 @@ def assert_trees_close(a, b, atol=1e-6):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("norm_style,remat", [("reordered", "none"), ("pre", "full")])
 def test_scanned_equals_looped(variant, norm_style, remat):
@@ -68,6 +69,7 @@ def test_scanned_equals_looped(variant, norm_style, remat):
   assert np.abs(np.asarray(grads_s["blocks"]["attn"]["wq"][-1])).max() > 0  # every layer
 
 
+@pytest.mark.slow
 def test_remat_dots_equals_no_remat():
   plain, dots = make("PHD-CSWA-3-4-4"), make("PHD-CSWA-3-4-4", remat="dots")
   toks = tokens()
@@ -163,6 +165,7 @@ def single_device_grads():
   return model, loss_logits_grads(model, tokens(B=4, T=16))
 
 
+@pytest.mark.slow
 def test_sharded_scanned_model_equals_one_device(single_device_grads):
   model, (loss, logits, grads) = single_device_grads
   mesh = _mesh((2, 2, 2))
@@ -188,6 +191,7 @@ def stablehlo_lines(num_layers, scan_layers):
   return len(jax.jit(fn).lower(params).as_text().splitlines())
 
 
+@pytest.mark.slow
 def test_program_does_not_grow_with_depth_when_scanned():
   two, six = stablehlo_lines(2, True), stablehlo_lines(6, True)
   assert abs(six - two) < 0.03 * two, (two, six)

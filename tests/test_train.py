@@ -44,6 +44,7 @@ def assert_trees_close(a, b, atol):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh_shape, remat", [
     ((8, 1, 1), "none"), ((1, 8, 1), "none"), ((2, 2, 2), "none"),
     ((1, 4, 2), "full"),  # rematerialisation must not change the step either
@@ -64,6 +65,7 @@ def test_sharded_step_equals_one_device(mesh_shape, remat, single_device):
     assert got.sharding.is_equivalent_to(want.sharding, got.ndim), (got.sharding, want.sharding)
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_whole_batch():
   """4 microbatches of 8 rows (one per device) vs one pass over the 32 rows."""
   whole = step_config((8, 1, 1), batch_size=32)
@@ -76,6 +78,7 @@ def test_gradient_accumulation_equals_whole_batch():
   assert_trees_close(acc_state.params, stepped.params, PARAM_ATOL)
 
 
+@pytest.mark.slow
 def test_training_loss_decreases_and_logs(tmp_path):
   config = small_config(mesh=(2, 2, 2), num_steps=40, log_every=10, eval_every=20,
                         eval_batches=2, seq_len=32, batch_size=16)
@@ -96,6 +99,7 @@ def test_training_loss_decreases_and_logs(tmp_path):
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path))
 
 
+@pytest.mark.slow
 def test_in_loop_task_scores_are_those_of_the_saved_params(tmp_path):
   config = small_config(mesh=(8, 1, 1), num_steps=4, eval_every=4, eval_batches=1,
                         eval_tasks="arc_easy",
@@ -120,6 +124,7 @@ def test_missing_in_loop_task_fails_at_startup(tmp_path):
   assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_at_its_step(tmp_path):
   """A huge learning rate blows the parameters up in step 1, so step 2's loss is inf/NaN:
   the error names step 2 (the next log would be at step 5), and of the checkpoints due
@@ -133,6 +138,7 @@ def test_non_finite_loss_stops_at_its_step(tmp_path):
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_state(single_device):
   _, ref_grads, _, ref_metrics = single_device
   _, grads, stepped, metrics = one_step(step_config((2, 2, 2), **{"model.dtype": "bfloat16"}))
