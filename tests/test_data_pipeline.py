@@ -14,7 +14,7 @@ import pytest
 import tensorflow_datasets as tfds
 from flax import nnx
 
-from data_helpers import assert_batches_equal, take
+from data_helpers import assert_batches_equal, assert_resumes_exactly, take
 from phd_jax import config as config_lib
 from phd_jax import data
 from phd_jax.data import packing, stdlib_corpus, text_files
@@ -153,18 +153,8 @@ def test_same_seed_same_batches(corpus):
 @pytest.mark.parametrize("prefetch", [0, 2])
 def test_resume_mid_epoch_equals_uninterrupted(corpus, prefetch):
   c = _config(corpus, prefetch=prefetch)
-  uninterrupted = data.make_iterator(c, process_index=0, process_count=1)
-  full = take(uninterrupted, 12)
   for stop in (3, 8):  # inside the first epoch and after it
-    it = data.make_iterator(c, process_index=0, process_count=1)
-    take(it, stop)
-    state = json.loads(json.dumps(it.get_state()))
-    resumed = data.make_iterator(c, process_index=0, process_count=1)
-    resumed.set_state(state)
-    assert_batches_equal(take(resumed, 12 - stop), full[stop:])
-    assert resumed.counters() == uninterrupted.counters()
-    it.close()
-    resumed.close()
+    assert_resumes_exactly(c, stop, 12)
 
 
 def test_host_shares_cover_and_host_count_changes(corpus):
