@@ -1,5 +1,5 @@
 # Helpers shared by the launch scripts (sourced, never run): errors, argument checks,
-# shell quoting, dry runs, and checks of the trainer's arguments.
+# shell quoting, dry runs, and checks of the trainer's and the evaluator's arguments.
 # shellcheck shell=bash
 
 PROG=$(basename "$0")
@@ -112,6 +112,19 @@ check_trainer_args() {
     esac
   done
   ((trainer_dry_run)) || [[ -n $(trainer_flag workdir "$@") ]] || die "the trainer arguments lack --workdir=DIR"
+}
+
+# The evaluator job (--evaluator: python -m phd_jax.evaluate --follow) needs --workdir, the
+# run it follows, and runs as one process: a checkpoint or distributed flag contradicts it.
+check_evaluator_args() {
+  [[ -n $(trainer_flag workdir "$@") ]] || die "the evaluator arguments lack --workdir=RUN, the run to follow"
+  local arg
+  for arg in "$@"; do
+    case $arg in
+      --checkpoint|--checkpoint=*|--coordinator|--coordinator=*|--num_processes|--num_processes=*|--process_id|--process_id=*)
+        die "do not pass ${arg%%=*} to the evaluator: it follows --workdir in one process" ;;
+    esac
+  done
 }
 
 # Where per-rank logs go: the given directory, else <workdir>/logs for a local workdir.

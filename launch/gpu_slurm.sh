@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Multi-node GPU training under SLURM. Outside a job this script submits itself with
-# sbatch; inside one (sbatch or salloc) it starts the processes with srun.
+# Multi-node GPU training under SLURM (or, with --evaluator, the evaluator job of a run).
+# Outside a job this script submits itself with sbatch; inside one (sbatch or salloc) it
+# starts the processes with srun.
 #SBATCH --job-name=phd_jax
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1
@@ -27,6 +28,7 @@ usage() {
   cat <<EOF
 Usage: launch/gpu_slurm.sh [options] -- <phd_jax.main arguments>
        sbatch [sbatch options] launch/gpu_slurm.sh [options] -- <phd_jax.main arguments>
+       launch/gpu_slurm.sh --evaluator [options] -- <phd_jax.evaluate arguments>
 
 Outside a SLURM job, submits itself with sbatch (asking for --nodes x --gpus_per_node
 GPUs, whole nodes). Inside a job, runs with srun, on every node, either one process
@@ -38,10 +40,18 @@ to <workdir>/logs/slurm-<job id>.out. SLURM sends SIGTERM 180 s before the time 
 so the trainer stops at a step boundary; rerunning the command resumes from the workdir.
 Before srun it warns (in the job's log) when the interpreter's JAX finds no GPUs.
 
+With --evaluator, the job is the evaluator of a run instead, submitted beside its
+training job: one process on one node (--gpus_per_node GPUs, default 1, not exclusive),
+  python -m phd_jax.evaluate <arguments> --follow
+logging to <workdir>/logs/evaluator.log (the job to evaluator-<job id>.out); it
+evaluates each checkpoint the run commits and ends after the run's final step.
+
 Options:
   --nodes N            nodes (default: the job's nodes inside a job, else 1)
-  --gpus_per_node G    GPUs per node (default: SLURM_GPUS_ON_NODE inside a job, else 8)
+  --gpus_per_node G    GPUs per node (default: SLURM_GPUS_ON_NODE inside a job, else 8;
+                       1 for --evaluator)
   --per_gpu            one process per GPU instead of one per node
+  --evaluator          the evaluator job of the --workdir run, not training
   --sbatch_arg ARG     extra sbatch option, repeatable, e.g. --sbatch_arg=--partition=h100
                        --sbatch_arg=--time=2-00:00:00 --sbatch_arg=--requeue
   --log_dir DIR        logs (default: <workdir>/logs)
@@ -63,8 +73,8 @@ EOF
 }
 
 declare -A OPTIONS=([nodes]=value [gpus_per_node]=value [per_gpu]=flag [sbatch_arg]=list
-                    [log_dir]=value [port]=value [python]=value)
-nodes="" gpus_per_node="" per_gpu=0 sbatch_arg=() log_dir="" port="" python=""
+                    [log_dir]=value [port]=value [python]=value [evaluator]=flag)
+nodes="" gpus_per_node="" per_gpu=0 sbatch_arg=() log_dir="" port="" python="" evaluator=0
 parse_args "$@"
 # The options the job's own run of this script needs.
 forward=()
@@ -72,7 +82,14 @@ forward=()
 [[ -z $log_dir ]] || forward+=(--log_dir "$log_dir")
 [[ -z $port ]] || forward+=(--port "$port")
 [[ -z $python ]] || forward+=(--python "$python")
-check_trainer_args "${TRAINER_ARGS[@]}"
+if ((evaluator)); then
+  forward+=(--evaluator)
+  check_evaluator_args "${TRAINER_ARGS[@]}"
+  ((!per_gpu)) || die "--per_gpu does not apply to --evaluator: it runs one process"
+  [[ -z $nodes || $nodes == 1 ]] || die "--evaluator runs on one node; got --nodes $nodes"
+else
+  check_trainer_args "${TRAINER_ARGS[@]}"
+fi
 [[ -z $nodes ]] || need_uint --nodes "$nodes"
 [[ -z $gpus_per_node ]] || need_uint --gpus_per_node "$gpus_per_node"
 [[ -z $port ]] || need_uint --port "$port"
@@ -82,15 +99,27 @@ log_dir=$(default_log_dir "$log_dir" "$workdir")
 
 # ---- Outside a job: submit this script. ----
 if [[ -z ${SLURM_JOB_ID:-} ]]; then
-  gpus_per_node=${gpus_per_node:-8}
-  tasks_per_node=$((per_gpu ? gpus_per_node : 1))
+  if ((evaluator)); then  # a small job beside the training job, sharing its nodes
+    gpus_per_node=${gpus_per_node:-1}
+    job=(--job-name=phd_jax_eval --nodes=1 --ntasks-per-node=1 "--gpus-per-node=$gpus_per_node")
+    job_log=$log_dir/evaluator-%j.out
+  else
+    gpus_per_node=${gpus_per_node:-8}
+    job=(--job-name=phd_jax "--nodes=${nodes:-1}" "--ntasks-per-node=$((per_gpu ? gpus_per_node : 1))"
+         "--gpus-per-node=$gpus_per_node" --exclusive)
+    job_log=$log_dir/slurm-%j.out
+  fi
+  command=("$LAUNCH_DIR/gpu_slurm.sh" "--gpus_per_node=$gpus_per_node" "${forward[@]}" --
+           "${TRAINER_ARGS[@]}")
+  if ((evaluator)); then  # a job script of its own: this one's #SBATCH lines take whole nodes
+    submit=("--wrap=$(quote_words "${command[@]}")")
+  else
+    submit=("--export=ALL,PHD_JAX_LAUNCH_DIR=$LAUNCH_DIR" "${command[@]}")
+  fi
   ((DRY_RUN)) || need_tool sbatch "to submit the job (or run this inside salloc)"
   run mkdir -p "$log_dir"
-  run sbatch --job-name=phd_jax "--nodes=${nodes:-1}" "--ntasks-per-node=$tasks_per_node" \
-      "--gpus-per-node=$gpus_per_node" --exclusive --open-mode=append --signal=TERM@180 \
-      "--output=$log_dir/slurm-%j.out" "${sbatch_arg[@]}" \
-      "--export=ALL,PHD_JAX_LAUNCH_DIR=$LAUNCH_DIR" "$LAUNCH_DIR/gpu_slurm.sh" \
-      "--gpus_per_node=$gpus_per_node" "${forward[@]}" -- "${TRAINER_ARGS[@]}"
+  run sbatch "${job[@]}" --open-mode=append --signal=TERM@180 "--output=$job_log" \
+      "${sbatch_arg[@]}" "${submit[@]}"
   exit 0
 fi
 
@@ -151,6 +180,11 @@ run mkdir -p "$log_dir"
 for assignment in "${exports[@]}"; do
   run export "$assignment"
 done
+if ((evaluator)); then
+  run srun --nodes=1 --ntasks=1 "${cpus[@]}" --open-mode=append "--output=$log_dir/evaluator.log" \
+      "$python" -m phd_jax.evaluate "${TRAINER_ARGS[@]}" --follow
+  exit 0
+fi
 # Every task appends to its own log; --kill-on-bad-exit ends the step when one fails.
 # The process id is SLURM's rank of the task, read inside the task.
 # shellcheck disable=SC2016

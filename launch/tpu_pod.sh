@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Training on a Cloud TPU VM slice (one host or a pod): create or reuse the TPU, ship the
-# code, install the pinned stack, start every worker at once, follow worker 0's log.
+# code, install the pinned stack, start every worker at once, follow worker 0's log. With
+# --evaluator, the same for the evaluator job of a run, on a small TPU VM of its own.
 set -euo pipefail
 
 LAUNCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -13,6 +14,8 @@ usage() {
   cat <<EOF
 Usage: launch/tpu_pod.sh --name NAME --zone ZONE --accelerator_type TYPE [options] \\
            -- <phd_jax.main arguments, with --workdir=gs://...>
+       launch/tpu_pod.sh --name NAME --zone ZONE --accelerator_type TYPE --evaluator \\
+           [options] -- <phd_jax.evaluate arguments, with --workdir=gs://...>
        launch/tpu_pod.sh --name NAME --zone ZONE [--queued] --logs | --stop | --teardown
 
 Creates the TPU VM NAME (or reuses it when READY; recreates it when preempted), copies
@@ -22,6 +25,13 @@ installs requirements.txt plus jax[tpu] at the pinned jax version, starts
 on all workers at once (jax.distributed.initialize finds the other hosts itself), and
 follows worker 0's log. Ctrl-C stops the following, not the run. Running the same
 command again (after a preemption, say) resumes from the checkpoints in the workdir.
+
+With --evaluator it starts the evaluator job instead, on a TPU VM of its own (its own
+--name; one host, e.g. v5litepod-8 or v4-8):
+  python -m phd_jax.evaluate <arguments> --follow
+which evaluates each checkpoint the run commits to the workdir, writes only under
+<workdir>/eval/ and ends after the run's final step (--logs, --stop and --teardown with
+its --name work as for training). Its --data_dir must exist on that VM.
 
 Options:
   --name NAME              TPU VM (and queued resource) name (required)
@@ -37,6 +47,7 @@ Options:
   --git_ref REF            commit, tag or branch to check out after cloning
   --python_version V       Python of the workers' environment (default 3.11)
   --env KEY=VALUE          environment of the trainer, repeatable (e.g. LIBTPU_INIT_ARGS)
+  --evaluator              start the evaluator job of the workdir's run, not training
   --logs                   follow worker 0's log of the current run
   --stop                   stop the run on all workers (the TPU stays)
   --teardown               delete the TPU (and its queued resource)
@@ -51,20 +62,21 @@ EOF
 
 declare -A OPTIONS=([name]=value [zone]=value [project]=value [accelerator_type]=value
                     [runtime_version]=value [queued]=flag [spot]=flag [git_url]=value
-                    [git_ref]=value [python_version]=value [env]=list [logs]=flag [stop]=flag
-                    [teardown]=flag)
+                    [git_ref]=value [python_version]=value [env]=list [evaluator]=flag
+                    [logs]=flag [stop]=flag [teardown]=flag)
 name="" zone="" project="" accelerator_type="" runtime_version="" queued=0 spot=0
-git_url="" git_ref="" python_version=3.11 env=() logs=0 stop=0 teardown=0
+git_url="" git_ref="" python_version=3.11 env=() evaluator=0 logs=0 stop=0 teardown=0
 parse_args "$@"
 
 [[ -n $name ]] || die "--name is required (see --help)"
 [[ -n $zone ]] || die "--zone is required (see --help)"
 [[ -z $git_ref || -n $git_url ]] || die "--git_ref needs --git_url"
-env_args=()
+start_args=()  # of tpu_worker.sh start
 for assignment in "${env[@]}"; do
   [[ $assignment == ?*=* ]] || die "--env needs KEY=VALUE; got '$assignment'"
-  env_args+=(--env "$assignment")
+  start_args+=(--env "$assignment")
 done
+((evaluator)) && start_args+=(--evaluator)
 ((logs + stop + teardown <= 1)) || die "choose one of --logs, --stop, --teardown"
 action=run
 ((logs)) && action=logs
@@ -173,7 +185,11 @@ if [[ -z $runtime_version ]]; then
     *) die "no default TPU software version for '$accelerator_type': pass --runtime_version" ;;
   esac
 fi
-check_trainer_args "${TRAINER_ARGS[@]}"
+if ((evaluator)); then
+  check_evaluator_args "${TRAINER_ARGS[@]}"
+else
+  check_trainer_args "${TRAINER_ARGS[@]}"
+fi
 workdir=$(trainer_flag workdir "${TRAINER_ARGS[@]}")
 [[ -z $workdir || $workdir == gs://* ]] || die "the workdir must be a gs:// path that every worker shares; got '$workdir'"
 
@@ -181,5 +197,5 @@ ensure_tpu
 ship_code
 # Stop an earlier run first (it holds the TPU), then replace the code and install.
 on_workers all "$stop_run; $unpack && $worker_script install --python_version $(quote "$python_version")"
-on_workers all "$worker_script start $(quote_words "${env_args[@]}" -- "${TRAINER_ARGS[@]}")"
+on_workers all "$worker_script start $(quote_words "${start_args[@]}" -- "${TRAINER_ARGS[@]}")"
 on_workers 0 "$worker_script logs"

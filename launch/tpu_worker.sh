@@ -15,6 +15,8 @@ usage() {
   cat <<EOF
 Usage: launch/tpu_worker.sh install [--python_version V] [--dry_run]
        launch/tpu_worker.sh start [--env KEY=VALUE]... [--dry_run] -- <phd_jax.main arguments>
+       launch/tpu_worker.sh start --evaluator [--env KEY=VALUE]... [--dry_run] -- \\
+           <phd_jax.evaluate arguments, with --workdir=RUN>
        launch/tpu_worker.sh stop | logs
 
   install  a virtual environment at ~/phd_jax_venv with Python V (default 3.11, fetched by
@@ -23,7 +25,8 @@ Usage: launch/tpu_worker.sh install [--python_version V] [--dry_run]
   start    stop any earlier run, then start python -m phd_jax.main in the background, in
            its own session (it survives the ssh connection), logging to
            ~/phd_jax_run/log (the previous run's log moves to log.prev); warns first when
-           the environment lacks libtpu
+           the environment lacks libtpu. With --evaluator, the evaluator job instead:
+           python -m phd_jax.evaluate <arguments> --follow
   stop     stop the run: SIGTERM to its process group, SIGKILL after 60 s
   logs     follow the run's log until it ends; exit with its exit status
 EOF
@@ -51,15 +54,21 @@ install() {
 }
 
 start() {
-  local env=()
-  declare -A OPTIONS=([env]=list)
+  local env=() evaluator=0
+  declare -A OPTIONS=([env]=list [evaluator]=flag)
   parse_args "$@"
   local assignment
   for assignment in "${env[@]}"; do
     [[ $assignment == ?*=* ]] || die "--env needs KEY=VALUE; got '$assignment'"
   done
   set -- "${TRAINER_ARGS[@]}"
-  check_trainer_args "$@"
+  local job=(-m phd_jax.main "$@")
+  if ((evaluator)); then
+    check_evaluator_args "$@"
+    job=(-m phd_jax.evaluate "$@" --follow)
+  else
+    check_trainer_args "$@"
+  fi
   [[ -x $VENV/bin/python ]] || ((DRY_RUN)) || die "no $VENV: run 'install' first"
   ((DRY_RUN)) || stop
   check_accelerator "$VENV/bin/python" tpu
@@ -70,7 +79,7 @@ start() {
   # setsid gives the run its own process group.
   # shellcheck disable=SC2016
   local cmd=(setsid nohup bash -c 'run_dir=$1; shift; "$@"; echo "$?" >"$run_dir/status"; rm -f "$run_dir/pid"'
-             bash "$RUN_DIR" env "${env[@]}" "$VENV/bin/python" -m phd_jax.main "$@")
+             bash "$RUN_DIR" env "${env[@]}" "$VENV/bin/python" "${job[@]}")
   if ((DRY_RUN)); then
     printf 'cd %s && %s >%s 2>&1 </dev/null &\n' "$(quote "$ROOT")" "$(quote_words "${cmd[@]}")" \
         "$(quote "$RUN_DIR/log")"
@@ -79,7 +88,7 @@ start() {
   cd "$ROOT"
   "${cmd[@]}" >"$RUN_DIR/log" 2>&1 </dev/null &
   echo "$!" >"$RUN_DIR/pid"
-  echo "started phd_jax.main on $(hostname) (process group $!), log: $RUN_DIR/log"
+  echo "started ${job[1]} on $(hostname) (process group $!), log: $RUN_DIR/log"
 }
 
 stop() {

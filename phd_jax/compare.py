@@ -1,7 +1,7 @@
 """Put training runs side by side: markdown tables and held-out loss plots.
 
   python -m phd_jax.compare DIR [DIR ...] [--output_dir=OUT] [--name=comparison]
-      [--baseline=Vanilla] [--x=tokens,train_flops] [--context=2048]
+      [--baseline=Vanilla] [--x=tokens,train_flops,setting:NAME] [--context=2048]
 
 Each DIR is a run's workdir or any folder above runs (a sweep's workdir): every folder
 holding a `metrics.jsonl`, `config.json` or `sweep_status.json` is a run. Runs are grouped
@@ -10,8 +10,11 @@ else the parent folder of `seed<N>` folders, else the config's `phd.variant`. Ev
 reported comes from the runs' files: `metrics.jsonl` (held-out loss and bits per byte at
 each evaluation, step times, model FLOPs per step), `config.json` (the model, for the
 inference costs of `phd_jax.flops`), `sweep_status.json` (failed or done, wall time),
-`chase.json` (pointer-chasing answer accuracy) and `eval_step<N>.json`
-(`phd_jax.evaluate`'s zero-shot tasks).
+`chase.json` (pointer-chasing answer accuracy), `eval/results.jsonl` (the evaluator job,
+`phd_jax.evaluate --follow`: held-out loss and zero-shot tasks at each checkpoint, joined
+with the training loop's evaluations by step) and `eval_step<N>.json`
+(`phd_jax.evaluate`'s zero-shot tasks); the runs table says which each run's come from.
+A run with an evaluator counts as complete once its final step is evaluated.
 
 Writes `OUT/<name>.md`: per-variant mean ± standard error over the complete runs, Δ
 against the baseline paired by seed (a variant with `@settings` is paired with the
@@ -20,8 +23,13 @@ inference cost of each variant at `--context` tokens, and one line per run with 
 state. And one plot per `--x` axis, `OUT/<name>_loss_vs_<axis>.png`: held-out loss
 against original tokens (`tokens`) or training FLOPs (`train_flops`) along each run, or
 each variant's final loss against its decode FLOPs per token (`decode_flops`) or its
-inference memory (`inference_memory`: parameters + KV cache). A run that failed or
-stopped early is listed as such and drawn dashed (hollow), never averaged in.
+inference memory (`inference_memory`: parameters + KV cache), or each variant's final loss
+against the value of a swept setting (`setting:NAME` reads `@NAME=VALUE` in the labels,
+`OUT/<name>_loss_vs_NAME.png`, one line per variant: e.g. the loss at each training budget
+of `configs/epochs.py`, which the curves of separate runs do not show); and when runs evaluated
+zero-shot tasks, `OUT/<name>_tasks_vs_tokens.png`, each task's metric along each run. A
+run that failed or stopped early is listed as such and drawn dashed (hollow), never
+averaged in.
 
 A run whose files cannot be read (a cut `config.json`, an empty `sweep_status.json`) is
 named with the reason, on stderr and in the report, and left out; the rest is reported,
@@ -36,24 +44,13 @@ import os
 import re
 import sys
 
-import numpy as np
-
+from phd_jax import plots
 from phd_jax.masks import parse_variant
 from phd_jax.run_results import RUN_FILES, read_runs
+from phd_jax.stats import mean_se
 
-CURVE_AXES = {"tokens": "original tokens seen",
-              "train_flops": "training FLOPs (model, forward + backward)"}
-COST_AXES = {"decode_flops": "decode FLOPs per token at context {T}",
-             "inference_memory": "inference memory at context {T}: parameters + KV cache "
-                                 "(bytes)"}
+AXES = (*plots.CURVE_AXES, *plots.COST_AXES)
 
-
-def mean_se(values) -> tuple[float, float | None]:
-  """Mean and standard error (sample std / sqrt(n); None for one value)."""
-  values = np.asarray(values, dtype=np.float64)
-  if len(values) < 2:
-    return float(values.mean()), None
-  return float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values)))
 
 
 def _fmt(mean, se=None, digits=4, signed=False):
@@ -151,12 +148,12 @@ def summary_table(groups, baseline) -> list[str]:
 
 def runs_table(runs) -> list[str]:
   lines = ["| run | variant | seed | state | steps | held-out loss at each evaluation | "
-           "wall (s) |", "|---|---|---|---|---|---|---|"]
+           "evaluations from | wall (s) |", "|---|---|---|---|---|---|---|---|"]
   for r in runs:
     curve = ", ".join(f"{s}: {loss:.4f}" for s, loss, _ in r.evals) or "–"
     steps = f"{r.steps}/{r.target_steps}" if r.target_steps else str(r.steps)
     lines.append(f"| {r.path} | {r.label} | {r.seed} | {r.state} | {steps} | {curve} | "
-                 f"{_fmt(r.wall_s, digits=0)} |")
+                 f"{r.sources or '–'} | {_fmt(r.wall_s, digits=0)} |")
   return lines
 
 
@@ -183,79 +180,6 @@ def cost_table(groups, context) -> list[str]:
   return lines + (["", "No inference cost for:"] + notes if notes else [])
 
 
-def _atomic(path, write) -> None:
-  """`write(temporary path)`, then the rename: a report is never half-written."""
-  write(path + ".tmp")
-  os.replace(path + ".tmp", path)
-
-
-def _figure():
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  return plt, fig, ax
-
-
-def _save(plt, fig, ax, path, xlabel, title) -> None:
-  ax.set_xlabel(xlabel)
-  ax.set_ylabel("held-out loss (nats per token)")
-  ax.set_title(title)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  _atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-  plt.close(fig)
-
-
-def plot_curves(groups, path, axis) -> None:
-  """Held-out loss along each run against original tokens or training FLOPs."""
-  per_step = {"tokens": lambda r: r.tokens_per_step, "train_flops": lambda r: r.flops_per_step}
-  plt, fig, ax = _figure()
-  colors = plt.get_cmap("tab10")
-  for i, (label, runs) in enumerate(groups.items()):
-    for j, r in enumerate(runs):
-      if not r.evals:
-        continue
-      xs = [step * (per_step[axis](r) or 0) for step, _, _ in r.evals]
-      ys = [loss for _, loss, _ in r.evals]
-      ax.plot(xs, ys, marker="o", markersize=3, color=colors(i % 10),
-              linestyle="-" if r.state == "complete" else "--",
-              label=label if j == 0 else None)
-  _save(plt, fig, ax, path, CURVE_AXES[axis], f"Held-out loss against {CURVE_AXES[axis]}")
-
-
-def cost_points(groups, axis) -> list[tuple]:
-  """(label, cost, (mean, se) of the complete runs' final losses or None, the other runs'
-  final losses) of each variant whose config gave its inference costs."""
-  points = []
-  for label, runs in groups.items():
-    costs = next((r.inference for r in runs if isinstance(r.inference, dict)), None)
-    if costs is not None:
-      done = [r.final_loss for r in runs if r.state == "complete"]
-      others = [r.final_loss for r in runs if r.state != "complete" and r.evals]
-      points.append((label, costs[axis], mean_se(done) if done else None, others))
-  return points
-
-
-def plot_costs(groups, path, axis, context) -> None:
-  """Each variant's final held-out loss (mean ± standard error over its complete runs;
-  unfinished runs hollow) against an inference cost of its model."""
-  plt, fig, ax = _figure()
-  colors = plt.get_cmap("tab10")
-  color_of = {label: colors(i % 10) for i, label in enumerate(groups)}  # as in the curves
-  for label, x, done, others in cost_points(groups, axis):
-    color = color_of[label]
-    if done:
-      ax.errorbar([x], [done[0]], yerr=None if done[1] is None else [done[1]], fmt="o",
-                  capsize=4, color=color, label=label)
-    ax.scatter([x] * len(others), others, facecolors="none", edgecolors=color,
-               label=None if done else label)
-  ax.set_xscale("log")
-  xlabel = COST_AXES[axis].format(T=context)
-  _save(plt, fig, ax, path, xlabel, f"Final held-out loss against {xlabel.split(':')[0]}")
-
-
 def write_report(paths, output_dir, name="comparison", baseline="Vanilla",
                  axes=("tokens", "train_flops"), context=2048):
   """Read every run under `paths`; write the markdown and one plot per axis.
@@ -274,7 +198,8 @@ def write_report(paths, output_dir, name="comparison", baseline="Vanilla",
   text = ["# Comparison", "",
           "Mean ± standard error over the complete runs of each variant (seeds); Δ is paired "
           "by seed against the baseline (with the same @settings when there is one). Loss: "
-          "nats per token on the held-out split at the last evaluation; train time: summed "
+          "nats per token on the held-out split at the last evaluation; tasks: the metric "
+          "the paper reports, at the newest evaluation of them; train time: summed "
           "step times, excluding compilation, evaluation and checkpoints.", ""]
   text += summary_table(groups, baseline)
   text += ["", "## Inference cost", "",
@@ -291,14 +216,20 @@ def write_report(paths, output_dir, name="comparison", baseline="Vanilla",
   def write_md(tmp):
     with open(tmp, "w") as f:
       f.write("\n".join(text))
-  _atomic(md, write_md)
+  plots.atomic_file(md, write_md)
   written = [md]
   for axis in axes:
-    png = os.path.join(output_dir, f"{name}_loss_vs_{axis}.png")
-    if axis in CURVE_AXES:
-      plot_curves(groups, png, axis)
+    png = os.path.join(output_dir, f"{name}_loss_vs_{axis.removeprefix(plots.SETTING_AXIS)}.png")
+    if axis in plots.CURVE_AXES:
+      plots.plot_curves(groups, png, axis)
+    elif axis in plots.COST_AXES:
+      plots.plot_costs(groups, png, axis, context)
     else:
-      plot_costs(groups, png, axis, context)
+      plots.plot_setting(groups, png, axis.removeprefix(plots.SETTING_AXIS))
+    written.append(png)
+  if any(r.task_curves for r in runs):
+    png = os.path.join(output_dir, f"{name}_tasks_vs_tokens.png")
+    plots.plot_task_curves(groups, png)
     written.append(png)
   return written, damaged
 
@@ -311,14 +242,16 @@ def main(argv=None) -> int:
   p.add_argument("--name", default="comparison", help="file name stem of the report")
   p.add_argument("--baseline", default="Vanilla", help="variant the Δ column is against")
   p.add_argument("--x", default="tokens,train_flops",
-                 help=f"comma list of plot axes: {', '.join([*CURVE_AXES, *COST_AXES])}")
+                 help=f"comma list of plot axes: {', '.join(AXES)}, or setting:NAME (final "
+                 "loss against the value of each variant's @NAME=..., one line per variant)")
   p.add_argument("--context", type=int, default=2048,
                  help="tokens of context for the inference costs")
   args = p.parse_args(argv)
   axes = [a.strip() for a in args.x.split(",") if a.strip()]
-  unknown = [a for a in axes if a not in CURVE_AXES and a not in COST_AXES]
+  unknown = [a for a in axes if a not in AXES and not (
+      a.startswith(plots.SETTING_AXIS) and a != plots.SETTING_AXIS)]
   if unknown or not axes:
-    p.error(f"--x={args.x!r}: axes are {', '.join([*CURVE_AXES, *COST_AXES])}")
+    p.error(f"--x={args.x!r}: axes are {', '.join(AXES)} or setting:NAME")
   if args.context < 1:
     p.error(f"--context must be a positive number of tokens; got {args.context}")
   try:

@@ -27,10 +27,11 @@ import ml_collections
 from phd_jax import attention as attention_lib
 from phd_jax import checkpoint, data, sharding
 from phd_jax.layers import DTYPES
-from phd_jax.masks import PHDSpec, parse_variant
+from phd_jax.masks import PHDSpec, PLTSpec, parse_variant
 from phd_jax.model import NORM_STYLES, REMAT_POLICIES, ModelConfig
 
 SCHEDULES = ("cosine", "linear", "wsd")
+WANDB_MODES = ("online", "offline", "disabled")  # of wandb.init
 # The splits `phd_jax.data.prepare` writes (and so the "stdlib" corpus has).
 PREPARED_SPLITS = ("train", "validation")
 
@@ -107,12 +108,30 @@ def from_json(text: str) -> ml_collections.ConfigDict:
 # Typed views.
 
 
-def phd_spec(config) -> PHDSpec:
+# PLTSpec fields set by `phd.plt_<field>` (configs saved before PLT lack them: the defaults).
+PLT_SETTINGS = ("gate", "emb_scale", "hidden_scale", "norm_per_loop")
+
+
+def phd_spec(config) -> PHDSpec | PLTSpec:
+  """The variant's settings: `phd.variant`, and the `phd` fields of its kind (PHD:
+  window_unit, positions; PLT: plt_gate, plt_emb_scale, ...)."""
+  p = config.phd
   try:
-    return parse_variant(config.phd.variant, window_unit=config.phd.window_unit,
-                         positions=config.phd.positions)
+    spec = parse_variant(p.variant)
+    if isinstance(spec, PHDSpec):
+      return dataclasses.replace(spec, window_unit=p.window_unit, positions=p.positions)
   except ValueError as e:
-    raise ConfigError(f"phd.variant={config.phd.variant!r}: {e}") from None
+    raise ConfigError(f"phd.variant={p.variant!r}: {e}") from None
+  for field, default in (("window_unit", "tokens"), ("positions", "shared")):
+    if p[field] != default:
+      raise ConfigError(f"phd.{field}={p[field]!r} sets PHD's hidden copies; {spec.name} is "
+                        f"a PLT variant: leave it {default!r}")
+  for field in PLT_SETTINGS:
+    try:
+      spec = dataclasses.replace(spec, **{field: p.get(f"plt_{field}", getattr(spec, field))})
+    except ValueError as e:
+      raise ConfigError(f"phd.plt_{field}: {e}") from None
+  return spec
 
 
 def model_config(config) -> ModelConfig:
@@ -301,11 +320,31 @@ def _check_train_tokens(config):
                       "fresh samples every step; set data.train_tokens=0")
 
 
+def _check_tracking(config):
+  """`metrics.wandb_*` (phd_jax/tracking.py); with a project set, that wandb imports. A
+  config saved before the group existed logs to no W&B project."""
+  metrics = config.get("metrics")
+  if metrics is None:
+    return
+  for name in ("wandb_project", "wandb_entity"):
+    if not isinstance(metrics[name], str):
+      raise ConfigError(f"metrics.{name} must be a string; got {metrics[name]!r}")
+  _one_of("metrics.wandb_mode", metrics.wandb_mode, WANDB_MODES)
+  if metrics.wandb_project:
+    try:
+      import wandb  # pylint: disable=import-outside-toplevel,unused-import
+    except ImportError as e:
+      raise ConfigError(f"metrics.wandb_project={metrics.wandb_project!r} logs to Weights & "
+                        f"Biases, but wandb does not import ({e}): pip install wandb, or "
+                        "--config.metrics.wandb_project='' to train without it") from None
+
+
 def _check_settings(config, training: bool):
   _check_model(config)
   _check_loop(config)
   _check_optim(config)
   _check_source(config)
+  _check_tracking(config)
   if training:
     _check_train_tokens(config)
     sharding.check_batch(config, sharding.make_mesh(config))

@@ -10,8 +10,8 @@ safetensors weights becomes a phd_jax export; the model fields come from its con
 everything else (variant, training settings) from --config and its --config.FIELD=VALUE
 settings (as for `phd_jax.main`). The directory is untrusted input: every file it names
 must lie inside it. to_hf writes the dense architecture for Vanilla and PhdForCausalLM
-(`trust_remote_code=True`) for PHD variants, with the special token ids, context length
-and generation_config.json that HF `generate` reads. The work is done by `phd_jax.hf`; a
+(`trust_remote_code=True`) for PHD and PLT variants, with the special token ids, context
+length and generation_config.json that HF `generate` reads. The work is done by `phd_jax.hf`; a
 bad input exits with status 1 and one line naming it, before anything is written.
 """
 

@@ -2,8 +2,9 @@
 
 Run any config with
   python -m phd_jax.main --config=configs/tiny.py:PHD-CSWA-2-4-8 --workdir=/tmp/run
-where the text after ':' is the PHD variant (Vanilla, PHD-K, PHD-SWA-K-W-∞, PHD-CSWA-K-W-C)
-and any field can be overridden on the command line, e.g. --config.optim.lr=1e-3.
+where the text after ':' is the variant (Vanilla, PHD-K, PHD-SWA-K-W-∞, PHD-CSWA-K-W-C, or
+the sibling method's PLT-L-W) and any field can be overridden on the command line, e.g.
+--config.optim.lr=1e-3.
 """
 
 import dataclasses
@@ -16,11 +17,17 @@ from phd_jax.model import ModelConfig
 def get_config(variant=None):
   c = ml_collections.ConfigDict()
 
-  # PHD variant (PAPER.md): the name sets k, window and chunk.
+  # Variant (PAPER.md): the name sets k, window and chunk (PLT: loops and window).
   c.phd = ml_collections.ConfigDict()
   c.phd.variant = variant or "Vanilla"
   c.phd.window_unit = "tokens"  # SWA window counted in hidden tokens, or "positions"
   c.phd.positions = "shared"  # RoPE: every copy at pos(p); "expanded": K*pos(p) + copy
+  # PLT variants (PLT-L-W: loops, window; phd_jax/plt.py): what the gate reads ("query" or
+  # "hidden"), a and b of a later loop's input a*E(t) + b*H(t-1), H after the final norm
+  c.phd.plt_gate = "query"
+  c.phd.plt_emb_scale = 1.0
+  c.phd.plt_hidden_scale = 1.0
+  c.phd.plt_norm_per_loop = True
 
   # Decoder shape (OLMo2 style); every other model field (norms, dtype, remat, attention
   # implementation, ...) at its default, which `phd_jax.model.ModelConfig` holds and documents.
@@ -42,6 +49,13 @@ def get_config(variant=None):
   c.eval_limit = 200  # ... on the first N examples of each
   c.eval_data_dir = "eval_data"  # <task>/<task>.jsonl files (README: Evaluation)
   c.profile_steps = ""  # e.g. "10:15" traces steps 10..14 with jax.profiler
+
+  # Weights & Biases beside TensorBoard and metrics.jsonl (phd_jax/tracking.py; needs
+  # `pip install wandb`): off while wandb_project is "".
+  c.metrics = ml_collections.ConfigDict()
+  c.metrics.wandb_project = ""
+  c.metrics.wandb_entity = ""  # team or user ("" = the account's default)
+  c.metrics.wandb_mode = "online"  # online | offline (upload later: wandb sync) | disabled
 
   c.optim = ml_collections.ConfigDict()
   c.optim.schedule = "cosine"  # cosine | linear | wsd (warmup-stable-decay)

@@ -16,6 +16,16 @@ it as `eval_<export>.*`), or to --output_dir. Task data: `<data_dir>/<task>/<tas
 records `{"id", "context", "choices", "label"}` (README: where to get them). A bad flag,
 config or file exits with status 2 and one line naming it. The scoring itself is
 `phd_jax.eval.suite`, which training also runs in its loop.
+
+  python -m phd_jax.evaluate --workdir=RUN --follow --tasks=loss,hellaswag [--idle_timeout=S]
+
+The evaluator job (`phd_jax.eval.follow`): beside a running or finished training run,
+evaluates each of its checkpoints once, oldest first and then as each is committed, in
+one process, and exits 0 once the run's final step is evaluated (or on SIGTERM, after the
+step at hand; status 1 after --idle_timeout seconds without a new checkpoint). Results,
+one line per step, go to `RUN/eval/results.jsonl` and TensorBoard events in `RUN/eval/`
+(--output_dir: elsewhere); progress goes to stderr. Restarted, it evaluates the steps
+that file lacks; a second evaluator on the same run exits 1 with one line.
 """
 
 from __future__ import annotations
@@ -27,10 +37,9 @@ from absl import logging
 from etils import epath
 
 from phd_jax import checkpoint, sharding
-from phd_jax import config as config_lib
-from phd_jax.eval import report, suite
+from phd_jax.eval import follow, report, suite
 from phd_jax.eval.tasks import load_task
-from phd_jax.state import load_model
+from phd_jax.workdir import RunRefused
 
 
 def parse_tasks(text: str) -> list[str]:
@@ -58,8 +67,15 @@ def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m phd_jax.evaluate", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   where = p.add_mutually_exclusive_group(required=True)
-  where.add_argument("--workdir", help="a training run: its newest complete checkpoint")
+  where.add_argument("--workdir", help="a training run: its newest complete checkpoint "
+                     "(with --follow: all of them)")
   where.add_argument("--checkpoint", help="a step folder, checkpoints/ directory or export")
+  p.add_argument("--follow", action="store_true", help="evaluate every checkpoint of the "
+                 "--workdir run once, waiting for new ones until its final step")
+  p.add_argument("--poll_seconds", type=float, help="--follow: seconds between looks for "
+                 f"new checkpoints (default {follow.POLL_SECONDS:g})")
+  p.add_argument("--idle_timeout", type=float, help="--follow: exit 1 after this many "
+                 "seconds without a new checkpoint (default: wait as long as it takes)")
   p.add_argument("--tasks", default="all",
                  help=f"'all' or a comma list of {', '.join(suite.CHOICES)}")
   p.add_argument("--limit", type=int, help="score only the first N examples of each task")
@@ -72,7 +88,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--mesh", default="1,-1,1", help="DATA,FSDP,TENSOR mesh sizes, -1 fills "
                  "(default: parameters and batches split over every device)")
   p.add_argument("--output_dir", help="where the JSON and markdown go (default: the "
-                 "run's workdir; beside an export)")
+                 "run's workdir; beside an export); --follow: results.jsonl, TensorBoard "
+                 "events and the lock (default: RUN/eval)")
   p.add_argument("--no_progress", action="store_true", help="no progress bars")
   p.add_argument("--coordinator", help="host:port of process 0 (multi-process runs)")
   p.add_argument("--num_processes", type=int)
@@ -81,14 +98,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _newest_readable_model(path, mesh_sizes):
-  """`load_model` of the newest checkpoint `path` names that reads back whole (only `path`
-  itself when it is a step folder or export)."""
+  """`follow.load` of the newest checkpoint `path` names that reads back whole (only
+  `path` itself when it is a step folder or export)."""
   one_folder = (epath.Path(path) / checkpoint.PARAMS).exists()
-
-  def read(folder):
-    config = checkpoint.saved_config(folder)
-    config_lib.validate(config, training=False)
-    return load_model(folder, mesh_sizes, config=config)
 
   def skip(folder, error):
     del folder  # named in the error
@@ -96,33 +108,50 @@ def _newest_readable_model(path, mesh_sizes):
       raise error
     logging.warning("%s; trying the step before it.", error)
 
-  found = checkpoint.newest_readable(checkpoint.complete_folders(path), read, skip)
+  found = checkpoint.newest_readable(checkpoint.complete_folders(path),
+                                     lambda folder: follow.load(folder, mesh_sizes), skip)
   if found is None:
     raise ValueError(f"no checkpoint in {path} reads back whole")
   return found[1]
 
 
-def run(args) -> dict:
-  tasks, mesh_sizes = parse_tasks(args.tasks), sharding.parse_sizes(args.mesh)
+def _settings(args) -> follow.Settings:
+  """The flags, checked before any checkpoint or accelerator is touched."""
   if args.limit is not None and args.limit < 1:
     raise ValueError(f"--limit must be positive; got {args.limit}")
-  for name in tasks:  # bad data fails here, before any checkpoint is read
+  if not args.follow and (args.poll_seconds is not None or args.idle_timeout is not None):
+    raise ValueError("--poll_seconds and --idle_timeout apply to --follow only")
+  if args.follow:
+    if not args.workdir:
+      raise ValueError("--follow needs --workdir=RUN, the training run to follow")
+    if args.coordinator or args.num_processes:
+      raise ValueError("--follow runs as one process (one host, any number of its devices); "
+                       "drop --coordinator and --num_processes")
+    for name in ("poll_seconds", "idle_timeout"):
+      if (value := getattr(args, name)) is not None and not value > 0:
+        raise ValueError(f"--{name} must be a positive number of seconds; got {value}")
+  settings = follow.Settings(
+      tasks=tuple(parse_tasks(args.tasks)), data_dir=args.data_dir, limit=args.limit,
+      loss_batches=args.loss_batches, batch_size=args.batch_size, seq_len=args.seq_len,
+      mesh_sizes=sharding.parse_sizes(args.mesh), progress=not args.no_progress)
+  for name in settings.tasks:  # bad data fails here, before any checkpoint is read
     if name != "loss":
       load_task(args.data_dir, name, limit=1)
+  return settings
+
+
+def run(args) -> dict:
+  settings = _settings(args)
+  if args.follow:
+    return follow.follow(args.workdir, settings, idle_timeout=args.idle_timeout,
+                         poll_seconds=args.poll_seconds or follow.POLL_SECONDS,
+                         output_dir=args.output_dir)
   if args.coordinator or args.num_processes:
     jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
-  model, config, mesh, folder = _newest_readable_model(args.workdir or args.checkpoint,
-                                                       mesh_sizes)
-  results = suite.evaluate(model, config, mesh, tasks, data_dir=args.data_dir,
-                           limit=args.limit, loss_batches=args.loss_batches,
-                           batch_size=args.batch_size, seq_len=args.seq_len,
-                           progress=not args.no_progress)
-  step = int(folder.name) if folder.name.isdigit() else None
-  full = {"checkpoint": str(folder), "step": step, "variant": config.phd.variant,
-          "limit": args.limit, "data_dir": args.data_dir, "results": results,
-          "average": report.paper_average(results)}
+  loaded = _newest_readable_model(args.workdir or args.checkpoint, settings.mesh_sizes)
+  full = follow.evaluate_loaded(loaded, settings)
   if jax.process_index() == 0:
-    paths = report.write(full, *output_place(folder, args.output_dir))
+    paths = report.write(full, *output_place(loaded.folder, args.output_dir))
     print(report.markdown(full), end="")
     print("written:", *paths)
   return full
@@ -130,7 +159,7 @@ def run(args) -> dict:
 
 def main(argv=None) -> dict:
   """Evaluate as the command line says; a bad flag, config or file exits with status 2
-  and one line naming it."""
+  and one line naming it, a second evaluator of a run or an idle timeout with status 1."""
   parser = _parser()
   args = parser.parse_args(argv)
   logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
@@ -138,6 +167,8 @@ def main(argv=None) -> dict:
     return run(args)
   except ValueError as e:
     parser.exit(2, f"{parser.prog}: error: {e}\n")
+  except (RunRefused, follow.IdleTimeout) as e:  # not a usage error: as the trainer's refusal
+    parser.exit(1, f"{parser.prog}: error: {e}\n")
 
 
 if __name__ == "__main__":

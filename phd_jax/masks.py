@@ -1,4 +1,5 @@
-"""The PHD attention rules, variant names and the explicit reference mask.
+"""The attention rules of every variant (PHD and its sibling PLT), variant names and the
+explicit reference masks.
 
 Layout: the K copies of each token sit next to each other ("interleaved"): row/column
 ``p * k + a`` is copy ``a`` of token ``p`` (copy 0 is the original token, copies 1..k-1
@@ -13,6 +14,16 @@ Rules (PAPER.md, 0-based copies here):
   CSWA the SWA window does not reach into an earlier chunk; chunks are counted over
       in-document ``positions``, so packing does not move chunk boundaries.
   Nothing is visible across different ``segment_ids`` (packed documents).
+
+PLT (Parallel Loop Transformer, arXiv 2510.24824; the model: phd_jax/plt.py) runs the
+same blocks `loops` times. Rows and columns of its explicit mask are loop-major: row
+``l * T + p`` is token ``p`` in loop ``l``. Each query has two softmaxes, mixed per head by
+a learned gate (phd_jax/attention/loops.py):
+  global  keys of loop 0 at tokens q <= p (loop 0's own, vanilla causal attention, is this
+          part alone; a later loop's query sees loop 0's key of its own token too).
+  local   loops >= 1 only: keys of the query's own loop at tokens p - W < q <= p, W =
+          `window` tokens counting the query's own (none when W = 0).
+  Nothing across documents.
 
 This module imports nothing else of the project: every other layer builds on it.
 """
@@ -29,6 +40,7 @@ import numpy as np
 
 WINDOW_UNITS = ("tokens", "positions")
 POSITION_MODES = ("shared", "expanded")
+GATE_INPUTS = ("query", "hidden")  # what a PLT gate reads (PLTSpec.gate)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +78,54 @@ class PHDSpec:
     return variant_name(self)
 
 
+@dataclasses.dataclass(frozen=True)
+class PLTSpec:
+  """Settings of one PLT variant (the rules in the module docstring; phd_jax/plt.py).
+
+  loops: runs of every token through the shared blocks (1 = vanilla). window: W of the
+  local attention of loops >= 1, in tokens, the query's own included (0 = none: later
+  loops attend to loop 0's keys alone, with no gate). gate: what the per-head gate mixing
+  the two parts reads: "query" (the post-RoPE query) or "hidden" (the block's input, normed).
+  emb_scale, hidden_scale: a and b of loop l's input a*E(t) + b*H_{l-1}(t-1).
+  norm_per_loop: H is a loop's output after the (shared) final norm.
+  """
+
+  loops: int = 2
+  window: int = 0
+  gate: str = "query"
+  emb_scale: float = 1.0
+  hidden_scale: float = 1.0
+  norm_per_loop: bool = True
+
+  def __post_init__(self):
+    _check_int("loops", self.loops, minimum=1)
+    _check_int("window", self.window, minimum=0)
+    if self.window > 0 and self.loops == 1:
+      raise ValueError(f"window={self.window} needs later loops (loops > 1); got loops=1")
+    if self.gate not in GATE_INPUTS:
+      raise ValueError(f"gate must be one of {GATE_INPUTS}; got {self.gate!r}")
+    for field in ("emb_scale", "hidden_scale"):
+      value = getattr(self, field)
+      if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{field} must be a number; got {value!r}")
+    if not isinstance(self.norm_per_loop, bool):
+      raise ValueError(f"norm_per_loop must be True or False; got {self.norm_per_loop!r}")
+
+  @property
+  def k(self) -> int:
+    """Runs of each token through the blocks: the compute multiplier, as PHD's K."""
+    return self.loops
+
+  @property
+  def gated(self) -> bool:
+    """Whether later loops have a local part, hence a gate (and its parameters)."""
+    return self.loops > 1 and self.window > 0
+
+  @property
+  def name(self) -> str:
+    return variant_name(self)
+
+
 def _check_int(field: str, value, minimum: int) -> None:
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
     raise ValueError(f"{field} must be an integer; got {value!r}")
@@ -73,8 +133,11 @@ def _check_int(field: str, value, minimum: int) -> None:
     raise ValueError(f"{field} must be >= {minimum}; got {value}")
 
 
-def variant_name(spec: PHDSpec) -> str:
-  """`Vanilla`, `PHD-K`, `PHD-SWA-K-W-∞` or `PHD-CSWA-K-W-C` (the paper's names)."""
+def variant_name(spec: PHDSpec | PLTSpec) -> str:
+  """`Vanilla`, `PHD-K`, `PHD-SWA-K-W-∞` or `PHD-CSWA-K-W-C` (the paper's names); `PLT-L`
+  (loops, no window) or `PLT-L-W`."""
+  if isinstance(spec, PLTSpec):
+    return f"PLT-{spec.loops}" + (f"-{spec.window}" if spec.window else "")
   if spec.k == 1:
     return "Vanilla"
   if spec.window == 0:
@@ -84,25 +147,29 @@ def variant_name(spec: PHDSpec) -> str:
   return f"PHD-CSWA-{spec.k}-{spec.window}-{spec.chunk}"
 
 
-_NAME_PATTERNS = (
-    (re.compile(r"vanilla", re.I), lambda m: dict(k=1)),
-    (re.compile(r"phd-(\d+)", re.I), lambda m: dict(k=int(m[1]))),
-    (re.compile(r"phd-swa-(\d+)-(\d+)(?:-(∞|inf))?", re.I),
+_NAME_PATTERNS = (  # (pattern, settings class, its fields from the match)
+    (re.compile(r"vanilla", re.I), PHDSpec, lambda m: dict(k=1)),
+    (re.compile(r"phd-(\d+)", re.I), PHDSpec, lambda m: dict(k=int(m[1]))),
+    (re.compile(r"phd-swa-(\d+)-(\d+)(?:-(∞|inf))?", re.I), PHDSpec,
      lambda m: dict(k=int(m[1]), window=int(m[2]))),
-    (re.compile(r"phd-cswa-(\d+)-(\d+)-(\d+)", re.I),
+    (re.compile(r"phd-cswa-(\d+)-(\d+)-(\d+)", re.I), PHDSpec,
      lambda m: dict(k=int(m[1]), window=int(m[2]), chunk=int(m[3]))),
+    (re.compile(r"plt-(\d+)(?:-(\d+))?", re.I), PLTSpec,
+     lambda m: dict(loops=int(m[1]), window=int(m[2] or 0))),
 )
 
 
-def parse_variant(name: str, **kwargs) -> PHDSpec:
-  """Settings from a variant name; `kwargs` set window_unit and positions."""
-  for pattern, fields in _NAME_PATTERNS:
+def parse_variant(name: str, **kwargs) -> PHDSpec | PLTSpec:
+  """Settings from a variant name; `kwargs` set the other fields of its settings class:
+  window_unit and positions (PHD), gate, emb_scale, hidden_scale, norm_per_loop (PLT)."""
+  for pattern, spec_class, fields in _NAME_PATTERNS:
     match = pattern.fullmatch(name.strip())
     if match:
-      return PHDSpec(**fields(match), **kwargs)
+      return spec_class(**fields(match), **kwargs)
   raise ValueError(
-      f"variant {name!r} is not a PHD variant name; expected one of 'Vanilla', 'PHD-K', "
-      "'PHD-SWA-K-W-∞' (or -inf), 'PHD-CSWA-K-W-C', e.g. 'PHD-CSWA-3-16-32'")
+      f"variant {name!r} is not a variant name; expected one of 'Vanilla', 'PHD-K', "
+      "'PHD-SWA-K-W-∞' (or -inf), 'PHD-CSWA-K-W-C', 'PLT-L', 'PLT-L-W', e.g. "
+      "'PHD-CSWA-3-16-32' or 'PLT-2-64'")
 
 
 def _array_module(*arrays):
@@ -171,6 +238,36 @@ def spec_mask(spec: PHDSpec, num_tokens: int, segment_ids=None, positions=None):
                   segment_ids=segment_ids, positions=positions)
 
 
+def plt_visible(spec: PLTSpec, q_pos, q_loop, k_pos, k_loop):
+  """(global, local): whether the query of loop `q_loop` at token `q_pos` sees the key of
+  loop `k_loop` at `k_pos` in its global softmax and in its local one (module docstring),
+  for arrays that broadcast against each other (numpy or jax); arguments in the order of
+  `visible`, a loop where it has a copy. Documents are the caller's business."""
+  xp = _array_module(q_pos, q_loop, k_pos, k_loop)
+  q_pos, q_loop, k_pos, k_loop = _broadcast(xp, q_pos, q_loop, k_pos, k_loop)
+  causal = k_pos <= q_pos
+  in_window = (q_loop > 0) & (k_loop == q_loop) & (q_pos - k_pos < spec.window)
+  return causal & (k_loop == 0), causal & in_window
+
+
+def plt_mask(spec: PLTSpec, num_tokens: int, segment_ids=None):
+  """(global, local) boolean masks `[..., loops*T, loops*T]` over the loop-major rows.
+
+  segment_ids: `[T]` or `[B, T]` (numpy or jax, traced is fine). Returns numpy for numpy
+  inputs. A later loop's two `[T, T]` masks are the blocks of its rows in the columns of
+  loop 0 (global) and of its own loop (local).
+  """
+  xp = _array_module(segment_ids)
+  idx = xp.arange(num_tokens * spec.loops)
+  loop, tok = idx // num_tokens, idx % num_tokens
+  parts = plt_visible(spec, tok[:, None], loop[:, None], tok[None, :], loop[None, :])
+  if segment_ids is None:
+    return parts
+  seg = xp.tile(segment_ids, (1,) * (segment_ids.ndim - 1) + (spec.loops,))
+  same = seg[..., :, None] == seg[..., None, :]
+  return tuple(a & b for a, b in (_broadcast(xp, part, same) for part in parts))
+
+
 # What a cell of the picture shows, and its colour.
 CELL_KINDS = (("not visible", "#f4f4f4"), ("original", "#1f4e99"),
               ("hidden copy of the same token", "#f08c2a"),
@@ -192,42 +289,73 @@ def cell_kinds(spec: PHDSpec, num_tokens: int) -> np.ndarray:
   return np.where(unchunked & ~mask, 4, kinds)
 
 
-def draw(spec: PHDSpec, num_tokens: int, out: str) -> None:
-  """Save a picture of the mask: originals, hidden copies of the same token, hidden tokens
-  reached through the window and (CSWA) the window cut by a chunk boundary in their own
-  colours; each token's block of copies outlined, chunk boundaries dashed."""
+# ... and of a PLT picture.
+PLT_CELL_KINDS = (("not visible", "#f4f4f4"), ("loop 0: causal", "#1f4e99"),
+                  ("later loop, global: loop 0's keys", "#8c6bb1"),
+                  ("later loop, local: own loop's window", "#2ca02c"))
+
+
+def plt_cell_kinds(spec: PLTSpec, num_tokens: int) -> np.ndarray:
+  """`[loops*T, loops*T]` indices into PLT_CELL_KINDS: what `draw` colours each cell."""
+  global_mask, local_mask = plt_mask(spec, num_tokens)
+  loop0_query = (np.arange(spec.loops * num_tokens) < num_tokens)[:, None]
+  return np.where(local_mask, 3, np.where(global_mask, np.where(loop0_query, 1, 2), 0))
+
+
+def _picture(spec, T: int):
+  """What `draw` shows: (cell kinds, their (label, colour) table, (first, size) of the
+  diagonal blocks outlined, tick labels, chunk starts (row index), title)."""
+  if isinstance(spec, PLTSpec):
+    labels = [f"x{t % T + 1}" + (f" L{t // T}" if t >= T else "") for t in range(spec.loops * T)]
+    local = (f"window W={spec.window} (own token incl.), gated per head" if spec.window
+             else "no local part")
+    title = (f"{spec.name}: {spec.loops} loops, {T} tokens\n{local}\n"
+             "loop l >= 1 reads a E(t) + b H_l-1(t-1)")
+    blocks = [(loop * T, T) for loop in range(spec.loops)]
+    return plt_cell_kinds(spec, T), PLT_CELL_KINDS, blocks, labels, [], title
+  k = spec.k
+  labels = [f"x{t // k + 1}" + "'" * (t % k) for t in range(k * T)]
+  chunk_starts = [p * k for p in range(spec.chunk or T, T, spec.chunk or T)]
+  window = f", window W={spec.window} ({spec.window_unit})" if spec.window else ""
+  return (cell_kinds(spec, T), CELL_KINDS, [(p * k, k) for p in range(T)], labels,
+          chunk_starts, f"{spec.name}{window}, {T} tokens")
+
+
+def draw(spec: PHDSpec | PLTSpec, num_tokens: int, out: str) -> None:
+  """Save a picture of the mask. PHD: originals, hidden copies of the same token, hidden
+  tokens reached through the window and (CSWA) the window cut by a chunk boundary in their
+  own colours; each token's block of copies outlined, chunk boundaries dashed. PLT: loop
+  0's causal cells, a later loop's global and local cells; each loop's block outlined."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   from matplotlib.colors import ListedColormap
   from matplotlib.patches import Patch, Rectangle
 
-  k = spec.k
-  kinds = cell_kinds(spec, num_tokens)
-  size = max(4.0, min(12.0, 0.3 * k * num_tokens))
+  kinds, table, blocks, labels, chunk_starts, title = _picture(spec, num_tokens)
+  size = max(4.0, min(12.0, 0.3 * len(labels)))
   fig, ax = plt.subplots(figsize=(size, size + 1))
-  colours = [colour for _, colour in CELL_KINDS]
+  colours = [colour for _, colour in table]
   ax.imshow(kinds, cmap=ListedColormap(colours), vmin=0, vmax=len(colours) - 1)
-  for p in range(num_tokens):  # outline each token's block of copies
-    ax.add_patch(Rectangle((p * k - 0.5, p * k - 0.5), k, k, fill=False, lw=1.2, ec="black"))
-  for p in range(spec.chunk or num_tokens, num_tokens, spec.chunk or num_tokens):
-    for line in (ax.axhline, ax.axvline):  # the chunk starting at token p
-      line(p * k - 0.5, color=CHUNK_BOUNDARY, lw=2, ls="--")
-  ticks = np.arange(k * num_tokens)
-  labels = [f"x{t // k + 1}" + ("" if t % k == 0 else "'" * (t % k)) for t in ticks]
+  for first, width in blocks:
+    ax.add_patch(Rectangle((first - 0.5, first - 0.5), width, width, fill=False, lw=1.2,
+                           ec="black"))
+  for row in chunk_starts:
+    for line in (ax.axhline, ax.axvline):
+      line(row - 0.5, color=CHUNK_BOUNDARY, lw=2, ls="--")
+  ticks = np.arange(len(labels))
   ax.set_xticks(ticks, labels, rotation=90, fontsize=7)
   ax.set_yticks(ticks, labels, fontsize=7)
   ax.set_xlabel("key")
   ax.set_ylabel("query")
   shown = sorted(set(np.unique(kinds)) - {0})
-  legend = [Patch(color=CELL_KINDS[i][1], label=CELL_KINDS[i][0]) for i in shown]
-  if spec.chunk is not None:
+  legend = [Patch(color=table[i][1], label=table[i][0]) for i in shown]
+  if chunk_starts:
     legend.append(plt.Line2D([], [], color=CHUNK_BOUNDARY, lw=2, ls="--",
                              label=f"chunk boundary (every {spec.chunk} tokens)"))
   ax.legend(handles=legend, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2,
             fontsize=8, frameon=False)
-  window = f", window W={spec.window} ({spec.window_unit})" if spec.window else ""
-  ax.set_title(f"{spec.name}{window}, {num_tokens} tokens")
+  ax.set_title(title)
   fig.tight_layout()
   fig.savefig(out, dpi=120)
   plt.close(fig)
@@ -235,13 +363,17 @@ def draw(spec: PHDSpec, num_tokens: int, out: str) -> None:
 
 def main(argv=None) -> None:
   import argparse
-  parser = argparse.ArgumentParser(description="Draw a PHD attention mask.")
-  parser.add_argument("variant", help="e.g. Vanilla, PHD-3, PHD-SWA-2-4-inf, PHD-CSWA-3-4-4")
+  parser = argparse.ArgumentParser(description="Draw a PHD or PLT attention mask.")
+  parser.add_argument("variant", help="e.g. Vanilla, PHD-3, PHD-SWA-2-4-inf, PHD-CSWA-3-4-4, "
+                      "PLT-2-4")
   parser.add_argument("--tokens", type=int, default=8)
-  parser.add_argument("--window_unit", default="tokens", choices=WINDOW_UNITS)
+  parser.add_argument("--window_unit", default="tokens", choices=WINDOW_UNITS,
+                      help="PHD's window unit (PLT windows count tokens)")
   parser.add_argument("--out", default="mask.png")
   args = parser.parse_args(argv)
-  spec = parse_variant(args.variant, window_unit=args.window_unit)
+  spec = parse_variant(args.variant)
+  if isinstance(spec, PHDSpec):
+    spec = dataclasses.replace(spec, window_unit=args.window_unit)
   draw(spec, args.tokens, args.out)
   print(f"wrote {args.out}: {spec.name}, {args.tokens} tokens, {math.prod((spec.k * args.tokens,) * 2)} cells")
 

@@ -17,14 +17,17 @@ from phd_jax.flops import flops_per_sequence, peak_flops
 
 
 class Writer:
-  """Scalars to TensorBoard and `metrics.jsonl` in the workdir; silent off process 0.
+  """Scalars to TensorBoard and `metrics.jsonl` in the workdir, and to `tracker` if given
+  (`phd_jax.tracking.open_wandb`); silent off process 0. As a context, it closes on exit
+  and tells the tracker whether an exception ended the run.
 
   The workdir may be local or remote (gs://). Object stores cannot append, so there the
   JSONL file is rewritten whole at each write (a few hundred KB for a long run).
   """
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  def __init__(self, workdir: str, enabled: bool = True, tracker=None):
     self.enabled = enabled
+    self._tracker = tracker
     if enabled:
       from tensorboardX import SummaryWriter
       self._tb = SummaryWriter(logdir=workdir)
@@ -48,6 +51,8 @@ class Writer:
     else:
       with open(self._path, "a") as f:
         f.write(line)
+    if self._tracker is not None:
+      self._tracker.write(step, scalars, prefix)
 
   def write_hparams(self, fields: dict) -> None:
     """The run's flattened config ({"optim.lr": 4e-4, ...}) as TensorBoard hyperparameters
@@ -63,9 +68,17 @@ class Writer:
     table = "\n".join(f"| {k} | {v} |" for k, v in sorted(values.items()))
     self._tb.add_text("config", "| field | value |\n|---|---|\n" + table)
 
-  def close(self) -> None:
+  def close(self, failed: bool = False) -> None:
     if self.enabled:
       self._tb.close()
+    if self._tracker is not None:
+      self._tracker.close(failed)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, exc_type, exc, tb):
+    self.close(failed=exc_type is not None)
 
 
 def _prefixed(scalars, prefix):

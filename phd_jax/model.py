@@ -7,6 +7,8 @@ final norm and output layer on the last copy only -> logits `[B, T, V]` in float
 
 With K = 1 this is exactly a vanilla OLMo2 model: RMSNorm, QK-norm, SwiGLU, RoPE, GQA,
 no biases, norms after each sublayer ("reordered", OLMo2) or before it ("pre", Llama).
+The PLT variants (`masks.PLTSpec`) run these blocks in loops instead: `phd_jax.plt`;
+their attention layers also hold the gate of the later loops (`attention.loops.LoopGate`).
 
 Layers. With `scan_layers=True` (the default) the blocks are ONE `Block` whose parameters
 carry a leading layer axis (logical name "layers", replicated), run by `jax.lax.scan`: the
@@ -41,8 +43,9 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from phd_jax import attention as attention_lib
+from phd_jax.attention.loops import LoopGate
 from phd_jax.layers import DTYPES, Embed, RMSNorm, SwiGLU, constrain, param, rope
-from phd_jax.masks import PHDSpec
+from phd_jax.masks import PHDSpec, PLTSpec
 
 NORM_STYLES = ("reordered", "pre")
 ACTIVATION_BTKD = ("activation_batch", "activation_length", None, "activation_embed")
@@ -89,7 +92,7 @@ def copy_positions(spec: PHDSpec, positions_BT):
 
 class Attention(nnx.Module):
 
-  def __init__(self, cfg: ModelConfig, spec: PHDSpec, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: ModelConfig, spec: PHDSpec | PLTSpec, *, rngs: nnx.Rngs):
     D, H, G, Dh = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     self.cfg, self.spec = cfg, spec
     self.wq = param(rngs, (D, H, Dh), ("embed", "q_heads", "head_dim"), cfg.init_std)
@@ -105,6 +108,8 @@ class Attention(nnx.Module):
       self.k_norm = RMSNorm((Dh,) if per_head else (G, Dh),
                             ("head_dim",) if per_head else ("kv_heads", "head_dim"),
                             cfg.norm_eps, rngs=rngs)
+    gated = isinstance(spec, PLTSpec) and spec.gated
+    self.gate = LoopGate(cfg, spec, rngs=rngs) if gated else None
 
   def qkv(self, x_BTKD, rope_positions_BTK):
     """Projected, normed and rotated q `[B,T,K,H,Dh]`, k and v `[B,T,K,G,Dh]`."""
@@ -121,21 +126,26 @@ class Attention(nnx.Module):
   def out(self, o_BTKHDh):
     return jnp.einsum("btkhe,hed->btkd", o_BTKHDh, self.wo[...].astype(o_BTKHDh.dtype))
 
-  def __call__(self, x_BTKD, rope_positions_BTK, segment_ids_BT, positions_BT, attend=None):
+  def __call__(self, x_BTKD, rope_positions_BTK, segment_ids_BT, positions_BT, attend=None,
+               residual_BTKD=None):
     """(output `[B,T,K,D]`, aux). `attend(q, k, v) -> (o, aux)`, when given, replaces the
-    configured implementation (aux: whatever the caller wants back, e.g. k and v)."""
+    configured implementation (aux: whatever the caller wants back, e.g. k and v); in a
+    layer with a PLT gate it is `attend(q, k, v, gate)`, the gate read from `q` or the
+    block input `residual_BTKD`."""
     q, k, v = self.qkv(x_BTKD, rope_positions_BTK)
     if attend is None:
       o, aux = attention_lib.attention(self.cfg.attention_impl, q, k, v, self.spec,
                                        segment_ids_BT, positions_BT), None
-    else:
+    elif self.gate is None:
       o, aux = attend(q, k, v)
+    else:
+      o, aux = attend(q, k, v, self.gate(q, residual_BTKD))
     return self.out(o), aux
 
 
 class Block(nnx.Module):
 
-  def __init__(self, cfg: ModelConfig, spec: PHDSpec, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: ModelConfig, spec: PHDSpec | PLTSpec, *, rngs: nnx.Rngs):
     self.cfg = cfg
     self.attn = Attention(cfg, spec, rngs=rngs)
     self.mlp = SwiGLU(cfg.d_model, cfg.mlp_dim, cfg.init_std, cfg.init_std, rngs=rngs)
@@ -146,7 +156,7 @@ class Block(nnx.Module):
     """(new `x_BTKD`, the attention's aux: None unless `attend` returns one)."""
     attn = functools.partial(self.attn, rope_positions_BTK=rope_positions_BTK,
                              segment_ids_BT=segment_ids_BT, positions_BT=positions_BT,
-                             attend=attend)
+                             attend=attend, residual_BTKD=x_BTKD)
     if self.cfg.norm_style == "reordered":  # OLMo2: x + norm(f(x))
       h_BTKD, aux = attn(x_BTKD)
       x_BTKD = x_BTKD + self.attn_norm(h_BTKD)
@@ -156,7 +166,7 @@ class Block(nnx.Module):
     return x_BTKD + self.mlp(self.mlp_norm(x_BTKD)), aux
 
 
-def stacked_blocks(cfg: ModelConfig, spec: PHDSpec, rngs: nnx.Rngs) -> Block:
+def stacked_blocks(cfg: ModelConfig, spec: PHDSpec | PLTSpec, rngs: nnx.Rngs) -> Block:
   """`cfg.num_layers` blocks as one Block with a leading "layers" axis on every parameter,
   each layer initialised from its own split of `rngs`."""
   @nnx.split_rngs(splits=cfg.num_layers)
@@ -172,8 +182,12 @@ class Transformer(nnx.Module):
   segment_ids: packed documents (0 = padding); positions: in-document positions, which
   feed RoPE and CSWA chunks (default 0..T-1).
   """
+  SPEC_TYPE = PHDSpec  # the variants this class builds (`state.new_model` picks the class)
 
   def __init__(self, cfg: ModelConfig, spec: PHDSpec, *, rngs: nnx.Rngs):
+    if not isinstance(spec, self.SPEC_TYPE):
+      raise ValueError(f"{type(self).__name__} builds {self.SPEC_TYPE.__name__} variants, "
+                       f"not {spec.name}; phd_jax.state.new_model picks a variant's model")
     self.cfg, self.spec = cfg, spec
     self.embed = Embed(cfg.vocab_size, cfg.d_model, cfg.init_std, rngs=rngs)
     if cfg.scan_layers:
@@ -191,15 +205,19 @@ class Transformer(nnx.Module):
       positions_BT = jnp.broadcast_to(jnp.arange(T), (B, T))
     x_BTD = self.embed(tokens_BT, DTYPES[self.cfg.dtype])
     x_BTKD = jnp.broadcast_to(x_BTD[:, :, None], (B, T, copies, self.cfg.d_model))
-    rope_positions_BTK = copy_positions(self.spec, positions_BT)[..., :copies]
+    rope_positions_BTK = self._rope_positions(positions_BT, copies)
     return constrain(x_BTKD, ACTIVATION_BTKD), rope_positions_BTK, positions_BT
 
+  def _rope_positions(self, positions_BT, copies: int):
+    return copy_positions(self.spec, positions_BT)[..., :copies]
+
   def _layers(self, x_BTKD, rope_positions_BTK, segment_ids_BT, positions_BT, attend=None,
-              layer_inputs=None):
+              layer_inputs=None, *, inference: bool = False):
     """All blocks: (last-block states, per-layer attention aux stacked on a leading L axis).
 
     `layer_inputs`: arrays with a leading L axis; layer l's slice goes to its `attend`.
-    The scan and the loop run the same `layer` function, rematerialised alike.
+    The scan and the loop run the same `layer` function, rematerialised alike unless
+    `inference` (no backward pass).
     """
     def layer(graphdef, x_BTKD, block_state, layer_input):
       block = nnx.merge(graphdef, block_state)
@@ -208,7 +226,7 @@ class Transformer(nnx.Module):
                           layer_attend)
       return constrain(x_BTKD, ACTIVATION_BTKD), aux
 
-    if attend is None and self.cfg.remat != "none":  # inference has no backward pass
+    if not inference and self.cfg.remat != "none":
       layer = jax.checkpoint(layer, policy=REMAT_POLICIES[self.cfg.remat], static_argnums=0,
                              prevent_cse=not self.cfg.scan_layers)  # scan needs no CSE guard
     if self.cfg.scan_layers:
@@ -236,7 +254,8 @@ class Transformer(nnx.Module):
     attention of every layer; `layer_inputs` (e.g. the caches) and the returned aux carry
     a leading layer axis. Returns (`[B, N, C, D]`, aux `[L, ...]`)."""
     x_BNCD, rope_positions_BNC, positions_BN = self._embed(tokens_BN, positions_BN, copies)
-    return self._layers(x_BNCD, rope_positions_BNC, None, positions_BN, attend, layer_inputs)
+    return self._layers(x_BNCD, rope_positions_BNC, None, positions_BN, attend, layer_inputs,
+                        inference=True)
 
   def logits(self, x_BTD):
     """Float32 logits from last-block states of the final copies."""

@@ -6,7 +6,7 @@ first update already at lr / warmup_steps):
   linear  straight line from lr down to min_lr_ratio * lr at num_steps
   wsd     warmup-stable-decay: lr until the last decay_fraction of the steps, then a
           straight line down to min_lr_ratio * lr at num_steps
-Weight decay skips norm scales and the token embedding, as OLMo2 does.
+Weight decay skips norm scales and the token embedding, as OLMo2 does (and biases).
 """
 
 from __future__ import annotations
@@ -59,9 +59,10 @@ def is_norm_scale(path) -> bool:
 
 
 def is_decayed(path) -> bool:
-  """Weight decay applies to the projection matrices only: not to norm scales nor the
-  embedding table."""
-  return _names(path)[0] != "embed" and not is_norm_scale(path)
+  """Weight decay applies to the projection matrices only: not to norm scales, biases (a
+  PLT gate's) nor the embedding table."""
+  names = _names(path)
+  return names[0] != "embed" and not is_norm_scale(path) and "bias" not in names
 
 
 def decay_mask(params):

@@ -5,6 +5,13 @@ result (`RunResult`) says how far it got, its held-out losses, zero-shot and
 pointer-chasing results, and the inference costs of its model (`phd_jax.flops`). A file
 that cannot be read raises `DamagedRun` naming it and why, so that a report can leave that
 run out and go on with the others.
+
+Evaluations come from three places, joined by step: the training loop's (`eval_*` lines of
+metrics.jsonl), the evaluator's (`eval/results.jsonl` of `phd_jax.evaluate --follow`; at
+a step both evaluated, the evaluator's count, as its settings are the deliberate ones) and
+single `phd_jax.evaluate` reports (`eval_step<N>.json`, zero-shot tasks only). The task
+results shown are those of the newest step any of them evaluated (on a tie: the single
+report, then the evaluator, then the loop); `sources` says where each came from.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import re
 
 from phd_jax import config as config_lib
 from phd_jax import data, decode, flops
+from phd_jax.eval import results_log
 
 RUN_FILES = ("metrics.jsonl", "config.json", "sweep_status.json")
 HELDOUT_KEYS = ("eval_loss", "eval_perplexity", "eval_bits_per_byte")
@@ -39,9 +47,11 @@ class RunResult:
   evals: list  # [(step, eval_loss, bits_per_byte or None)]
   train_time_s: float  # sum of measured step times (no compile, eval, checkpoint)
   wall_s: float | None
-  tasks: dict  # zero-shot task -> reported metric at the last evaluation
+  tasks: dict  # zero-shot task -> reported metric at the newest evaluation (of any source)
   chase: dict | None
   inference: dict | str  # inference_cost() of its config, or why there is none
+  task_curves: dict = dataclasses.field(default_factory=dict)  # task -> [(step, metric)]
+  sources: str = ""  # where evals and tasks come from, e.g. "loss: in-loop 3, evaluator 5"
 
   @property
   def final_loss(self):
@@ -142,16 +152,61 @@ def _label(path, config, status) -> str:
   return (config or {}).get("phd", {}).get("variant") or os.path.basename(path)
 
 
-def _task_results(path, last_eval: dict) -> dict:
-  """Zero-shot results: the newest `eval_step<N>.json`, else the in-loop ones."""
+def _task_metrics(results: dict) -> dict:
+  """task -> the metric the paper reports, of a report's results."""
+  return {name: r[r["metric"]] for name, r in results.items()
+          if isinstance(r, dict) and r.get("metric") in r}
+
+
+def _evaluator_results(path) -> dict:
+  """step -> results of the evaluator's lines (`eval/results.jsonl`); skipped steps and
+  a line cut short are left out."""
+  file = os.path.join(path, results_log.EVAL_DIR, results_log.RESULTS_FILE)
+  if not os.path.isfile(file):
+    return {}
+  return {r["step"]: r["results"] for r in results_log.parse(_read_text(file))
+          if isinstance(r.get("results"), dict)}
+
+
+def _report_tasks(path) -> tuple[int, dict] | None:
+  """(step, tasks) of the newest `eval_step<N>.json`."""
   reports = glob.glob(os.path.join(path, "eval_step*.json"))
-  if reports:
-    newest = max(reports, key=lambda p: int(re.search(r"(\d+)\.json$", p).group(1)))
-    results = _read_json(newest).get("results", {})
-    return {name: r[r["metric"]] for name, r in results.items()
-            if isinstance(r, dict) and r.get("metric") in r}
-  return {k.removeprefix("eval_"): v for k, v in last_eval.items()
+  if not reports:
+    return None
+  step, newest = max((int(re.search(r"(\d+)\.json$", p).group(1)), p) for p in reports)
+  return step, _task_metrics(_read_json(newest).get("results", {}))
+
+
+def _in_loop_tasks(row: dict) -> dict:
+  return {k.removeprefix("eval_"): v for k, v in row.items()
           if k.startswith("eval_") and k not in HELDOUT_KEYS and v is not None}
+
+
+def _joined(in_loop: dict, evaluator: dict, report) -> tuple[dict, dict, dict, str]:
+  """(evals, task curves, tasks of the newest evaluation, sources) of the three sources:
+  in-loop {step: metrics.jsonl row}, evaluator {step: results}, report (step, tasks) or
+  None."""
+  evals = {step: (step, row["eval_loss"], row.get("eval_bits_per_byte"))
+           for step, row in in_loop.items()}
+  evaluated = {step: r["loss"] for step, r in evaluator.items() if "loss" in r}
+  evals |= {step: (step, loss["loss"], loss.get("bits_per_byte"))
+            for step, loss in evaluated.items()}
+  # (step, rank: lower wins at the same step, source, tasks)
+  found = ([(step, 2, "in-loop", _in_loop_tasks(row)) for step, row in in_loop.items()] +
+           [(step, 1, "evaluator", _task_metrics(r)) for step, r in evaluator.items()] +
+           ([(report[0], 0, f"eval_step{report[0]}.json", report[1])] if report else []))
+  found = sorted((f for f in found if f[3]), key=lambda f: (f[0], -f[1]))
+  curves = {}
+  for step, _, _, tasks in found:  # the better source of a step comes later
+    for task, value in tasks.items():
+      curves.setdefault(task, {})[step] = value
+  losses = {"in-loop": len(in_loop.keys() - evaluated.keys()), "evaluator": len(evaluated)}
+  sources = [f"loss: {', '.join(f'{k} {n}' for k, n in losses.items() if n)}"] if evals else []
+  if found:
+    step, rank, source, _ = found[-1]
+    sources.append(f"tasks: {source}" + (f" at step {step}" if rank else ""))
+  return (evals, {t: sorted(c.items()) for t, c in curves.items()},
+          found[-1][3] if found else {}, "; ".join(sources))
 
 
 def read_run(path, context: int = 2048) -> RunResult:
@@ -160,26 +215,27 @@ def read_run(path, context: int = 2048) -> RunResult:
   config = _read_json(os.path.join(path, "config.json"))
   status = _read_json(os.path.join(path, "sweep_status.json"))
   rows = _read_metrics(os.path.join(path, "metrics.jsonl"))
-  evals, train_time, last_step, flops_per_step, last_eval = {}, 0.0, 0, None, {}
+  evaluator = _evaluator_results(path)
+  in_loop, train_time, last_step, flops_per_step = {}, 0.0, 0, None
   previous = 0
   for row in rows:
     step = row["step"]
     if "eval_loss" in row:  # a resumed run may evaluate a step again: the last one counts
-      evals[step] = (step, row["eval_loss"], row.get("eval_bits_per_byte"))
-      last_eval = row
+      in_loop[step] = row
     if "step_time" in row:  # steps redone after a resume are not counted twice
       train_time += row["step_time"] * max(step - previous, 0)
       previous = max(previous, step)
       flops_per_step = row.get("model_flops_per_step", flops_per_step)
     last_step = max(last_step, step)
+  evals, task_curves, tasks, sources = _joined(in_loop, evaluator, _report_tasks(path))
   target = _config_field(config, "num_steps") if config else None
   if status and status.get("status") == "failed":
     state = "failed"
   elif not rows:
     state = "empty"
   elif target is not None and last_step >= target and (
-      not config.get("eval_every") or target in evals):
-    state = "complete"
+      not (config.get("eval_every") or evaluator) or target in evals):
+    state = "complete"  # and evaluated at the last step, by the loop or the evaluator
   else:
     state = "incomplete"
   if config and config.get("data", {}).get("source") in data.TOKEN_SOURCES:
@@ -191,9 +247,10 @@ def read_run(path, context: int = 2048) -> RunResult:
       path=path, label=_label(path, config, status), seed=seed, state=state,
       target_steps=target, steps=last_step, tokens_per_step=tokens_per_step,
       flops_per_step=flops_per_step, evals=sorted(evals.values()), train_time_s=train_time,
-      wall_s=(status or {}).get("wall_s"), tasks=_task_results(path, last_eval),
+      wall_s=(status or {}).get("wall_s"), tasks=tasks,
       chase=_read_json(os.path.join(path, "chase.json")),
-      inference=inference_cost(config, context) if config else "no config.json")
+      inference=inference_cost(config, context) if config else "no config.json",
+      task_curves=task_curves, sources=sources)
 
 
 def read_runs(paths, context: int = 2048) -> tuple[list[RunResult], list[tuple[str, str]]]:

@@ -27,7 +27,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from phd_jax import checkpoint, sharding
+from phd_jax import checkpoint, sharding, tracking
 from phd_jax import config as config_lib
 from phd_jax import workdir as workdir_lib
 from phd_jax.loss import next_token_loss
@@ -276,8 +276,8 @@ def _train_locked(training: TrainSetup, workdir, closing, allow_restart,
   start = int(state.step)
   if start >= config.num_steps:
     return {"step": start, "status": "complete", "restored": restored}
-  writer = Writer(workdir, enabled=main_process)
-  closing.callback(writer.close)
+  writer = closing.enter_context(Writer(workdir, enabled=main_process,
+                                        tracker=tracking.open_wandb(config, workdir)))
   writer.write_hparams(config_lib.flat_fields(config))
   progress = Progress(config, config_lib.model_config(config), config_lib.phd_spec(config),
                       start, enabled=main_process)

@@ -7,7 +7,10 @@ local disk; on gs:// and other object stores, written and read back after a paus
 two writers only the last keeps it, and the other sees the winner's token). A lock is
 stale, and is taken over with a warning, when its holder ran on this host and that process
 is gone (kill -9, a crash), or when its heartbeat is older than `STALE_S` (a holder on
-another host that died). Only process 0 of a multi-process run takes it.
+another host that died). Only process 0 of a multi-process run takes it. Other jobs on a
+run hold a lock of their own the same way, in their own folder (the evaluator following a
+run: `<run>/eval/lock.json`), so that two of a kind are refused while neither touches the
+trainer's.
 
 Config changes on resume: `config_changes` lists what differs from the resumed
 checkpoint's config. Fields in `HARMLESS_FIELDS` (logging, evaluation, checkpointing,
@@ -44,7 +47,7 @@ REMOTE_SETTLE_S = 2.0  # between writing a remote lock and reading it back
 HARMLESS_FIELDS = ("log_every", "eval_every", "eval_batches", "eval_tasks", "eval_limit",
                    "eval_data_dir", "profile_steps", "microbatches", "data.eval_split",
                    "data.num_workers", "data.prefetch", "model.remat", "model.attention_impl",
-                   "model.scan_layers", "mesh.", "checkpoint.")
+                   "model.scan_layers", "mesh.", "checkpoint.", "metrics.")
 
 
 class RunRefused(RuntimeError):
@@ -93,10 +96,15 @@ def _stale_reason(holder: dict) -> str | None:
 
 
 class WorkdirLock:
-  """The lock on a workdir, held from `acquire()` to `release()` (use as a context)."""
+  """The lock on a workdir, held from `acquire()` to `release()` (use as a context).
 
-  def __init__(self, workdir):
+  kind: what holds it, for the refusal ("in use by another training run"); a job other
+  than training locks a folder of its own (`<run>/eval` for the evaluator).
+  """
+
+  def __init__(self, workdir, kind: str = "training run"):
     self.path = epath.Path(workdir) / LOCK_FILE
+    self._kind = kind
     self._remote = "://" in str(workdir)
     pid = os.getpid()
     self._holder = {"host": socket.gethostname(), "pid": pid,
@@ -157,7 +165,7 @@ class WorkdirLock:
       reason = _stale_reason(holder)
       if reason is None:
         raise RunRefused(
-            f"{self.path.parent} is in use by another training run: {_describe(holder)}. "
+            f"{self.path.parent} is in use by another {self._kind}: {_describe(holder)}. "
             f"Wait for it to finish, or if it is dead, delete {self.path} (it also expires "
             f"{STALE_S:.0f} s after its last heartbeat)")
       held_by = f" of {_describe(holder)}" if holder else ""

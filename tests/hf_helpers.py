@@ -9,6 +9,7 @@ import numpy as np
 import tokenizers
 import torch
 import transformers
+from flax import nnx
 
 from phd_jax import hf
 from run_helpers import REPO_ROOT, tiny_config
@@ -51,6 +52,15 @@ def phd_config(hf_dir, variant: str = "Vanilla", **phd_fields):
   config.model.update(hf.model_fields(hf.read_config(hf_dir)))
   config.phd.update(phd_fields)
   return config
+
+
+def assert_params_equal(actual, expected):
+  """Two nnx parameter states hold the same paths and exactly the same values."""
+  actual, expected = dict(nnx.to_flat_state(actual)), dict(nnx.to_flat_state(expected))
+  assert sorted(actual) == sorted(expected)
+  for path, var in expected.items():
+    np.testing.assert_array_equal(np.asarray(actual[path].get_value()),
+                                  np.asarray(var.get_value()), err_msg=str(path))
 
 
 def padded_batch(seed: int = 0, length: int = 12):

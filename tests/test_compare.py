@@ -1,7 +1,8 @@
 """The comparison report reads runs' files as training and evaluation write them: means and
 standard errors over seeds, paired differences (per budget), runs of different lengths,
 failed and unfinished runs listed (never averaged), damaged runs named and left out, task
-and answer-accuracy columns, inference costs, the plots."""
+and answer-accuracy columns, the evaluator's results joined with the loop's, inference
+costs, the plots."""
 
 import json
 import os
@@ -11,7 +12,8 @@ import sys
 import numpy as np
 import pytest
 
-from phd_jax import compare, defaults, run_results
+from phd_jax import compare, defaults, plots, run_results
+from phd_jax.eval import results_log
 from phd_jax import config as config_lib
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -211,7 +213,7 @@ def test_inference_costs_and_their_plots(tmp_path):
     assert open(png, "rb").read(8) == PNG and os.path.getsize(png) > 10_000, axis
 
   runs, _ = run_results.read_runs([root], context=5)
-  points = compare.cost_points(compare.group(runs, "Vanilla"), "decode_flops")
+  points = plots.cost_points(compare.group(runs, "Vanilla"), "decode_flops")
   mean, se = np.mean([2.4, 2.5]), np.std([2.4, 2.5], ddof=1) / np.sqrt(2)
   assert points[1][:2] == ("PHD-2", 1456) and points[1][2] == pytest.approx((mean, se))
   assert points[2] == (swa, 2288, (2.3, None), [2.6])  # the unfinished run apart
@@ -243,9 +245,107 @@ def test_budgets_pair_with_the_baseline_of_the_same_settings(tmp_path):
   assert row(table, against)[7] == "–"  # no plain Vanilla to pair it with
 
 
+def test_final_loss_against_a_swept_setting(tmp_path):
+  """`--x=setting:NAME`: one line per variant (its other settings kept in its name), a point
+  per value of NAME at the mean ± standard error of its complete runs' final losses;
+  labels without NAME are left out."""
+  root = str(tmp_path)
+  final = {("Vanilla", 2): (2.6, 2.7), ("Vanilla", 8): (2.2, 2.3), ("PHD-2", 2): (2.5, 2.4)}
+  for (variant, budget), losses in final.items():
+    for seed, loss in enumerate(losses):
+      write_run(root, f"{variant}@budget_epochs={budget}@num_steps=4", variant=variant,
+                seed=seed, evals=[(2, 3.5, None), (4, loss, None)], status="done")
+  write_run(root, "Vanilla", evals=[(4, 9.0, None)], status="done")  # no budget: left out
+  write_run(root, "PHD-2@budget_epochs=4@num_steps=4", variant="PHD-2", steps=2,
+            evals=[(2, 9.0, None)])  # unfinished: no point
+  groups = compare.group(run_results.read_runs([root])[0], "Vanilla")
+  se = lambda a, b: np.std([a, b], ddof=1) / np.sqrt(2)
+  points = plots.setting_points(groups, "budget_epochs")
+  assert set(points) == {"Vanilla@num_steps=4", "PHD-2@num_steps=4"}
+  for variant, budgets in (("Vanilla", (2, 8)), ("PHD-2", (2,))):
+    assert [x for x, _ in points[f"{variant}@num_steps=4"]] == list(budgets)
+    for (x, (mean, error)), budget in zip(points[f"{variant}@num_steps=4"], budgets):
+      losses = final[(variant, budget)]
+      assert mean == pytest.approx(np.mean(losses)) and error == pytest.approx(se(*losses))
+  assert compare.main([root, "--x=setting:budget_epochs", "--output_dir", root]) == 0
+  with open(os.path.join(root, "comparison_loss_vs_budget_epochs.png"), "rb") as f:
+    assert f.read(8) == PNG
+  with pytest.raises(SystemExit) as exit_:  # a setting no run has
+    compare.main([root, "--x=setting:lr", "--output_dir", root])
+  assert exit_.value.code == 2
+
+
 def test_bad_axis_is_refused_before_reading(tmp_path, capsys):
   with pytest.raises(SystemExit) as exit_:
     compare.main([str(tmp_path / "missing"), "--x=tokens,latency"])
   assert exit_.value.code == 2
   assert "--x='tokens,latency': axes are tokens, train_flops, decode_flops, " \
-         "inference_memory" in capsys.readouterr().err
+         "inference_memory or setting:NAME" in capsys.readouterr().err
+
+
+def write_evaluator_lines(path, lines):
+  """`eval/results.jsonl` of a run as `phd_jax.evaluate --follow` writes it: (step, loss,
+  bits per byte, piqa acc_norm or None) evaluated, or (step, "skipped")."""
+  log = results_log.ResultsLog(os.path.join(path, "eval", "results.jsonl"))
+  for step, *values in lines:
+    if values == ["skipped"]:
+      log.append({"step": step, "checkpoint": f"{path}/checkpoints/{step}",
+                  "skipped": "checkpoint is corrupted", "commit_time": 1})
+      continue
+    loss, bpb, piqa = values
+    results = {"loss": {"loss": loss, "perplexity": np.exp(loss), "bits_per_byte": bpb,
+                        "targets": 10, "bytes": 30}}
+    if piqa is not None:
+      results["piqa"] = {"acc": 0.5, "acc_norm": piqa, "metric": "acc_norm"}
+    log.append({"step": step, "checkpoint": f"{path}/checkpoints/{step}", "results": results,
+                "settings": {"tasks": list(results)}, "average": piqa})
+
+
+def test_evaluator_results_join_the_in_loop_ones(tmp_path):
+  """The evaluator's loss and tasks join the training loop's by step (the evaluator's
+  counting at a step both evaluated); skipped steps and a cut line are left out; the
+  newest task results are shown, with their source; a run whose evaluator has not reached
+  the final step is not complete."""
+  root = str(tmp_path / "sweep")
+  both = write_run(root, "Vanilla", seed=0, evals=[(2, 3.0, 4.3), (4, 2.6, 3.9)])
+  write_evaluator_lines(both, [(2, 2.9, 4.2, 0.55), (3, "skipped"), (4, 2.5, 3.6, 0.6)])
+  with open(os.path.join(both, "eval", "results.jsonl"), "a") as f:
+    f.write('{"step": 6, "results": {"lo')  # the evaluator was killed mid-line
+  loop_then_evaluator = write_run(root, "Vanilla", seed=1, evals=[(2, 3.1, 4.4)])
+  write_evaluator_lines(loop_then_evaluator, [(4, 2.7, 3.8, None)])
+  # Trained without in-loop evaluation; its evaluator has reached step 2 of 4.
+  lagging = write_run(root, "PHD-2", variant="PHD-2", seed=0)
+  with open(os.path.join(lagging, "config.json")) as f:
+    config = json.load(f)
+  with open(os.path.join(lagging, "config.json"), "w") as f:
+    json.dump({**config, "eval_every": 0}, f)
+  write_evaluator_lines(lagging, [(2, 2.8, 4.0, 0.7)])
+
+  run = run_results.read_run(both)
+  assert (run.state, run.evals) == ("complete", [(2, 2.9, 4.2), (4, 2.5, 3.6)])
+  assert run.tasks == {"piqa": 0.6} and run.task_curves == {"piqa": [(2, 0.55), (4, 0.6)]}
+  assert run.sources == "loss: evaluator 2; tasks: evaluator at step 4"
+  run = run_results.read_run(loop_then_evaluator)
+  assert (run.state, run.evals) == ("complete", [(2, 3.1, 4.4), (4, 2.7, 3.8)])
+  assert run.sources == "loss: in-loop 1, evaluator 1" and run.tasks == {}
+  run = run_results.read_run(lagging)
+  assert (run.state, run.evals, run.tasks) == ("incomplete", [(2, 2.8, 4.0)], {"piqa": 0.7})
+
+  # A single `phd_jax.evaluate` report of the same step wins the tie.
+  with open(os.path.join(both, "eval_step4.json"), "w") as f:
+    json.dump({"results": {"piqa": {"acc": 0.5, "acc_norm": 0.65, "metric": "acc_norm"}}}, f)
+  run = run_results.read_run(both)
+  assert run.tasks == {"piqa": 0.65} and run.task_curves == {"piqa": [(2, 0.55), (4, 0.65)]}
+  assert run.sources == "loss: evaluator 2; tasks: eval_step4.json"
+
+  md, *pngs = compare.write_report([root], str(tmp_path / "out"), "cmp", axes=("tokens",))[0]
+  table = open(md).read()
+  assert row(table, "Vanilla")[2] == "2/2" and row(table, "PHD-2")[2] == "0/1"
+  se = np.std([2.5, 2.7], ddof=1) / np.sqrt(2)
+  assert row(table, "Vanilla")[5] == f"{np.mean([2.5, 2.7]):.4f} ± {se:.4f}"  # the evaluator's
+  assert f"| {both} | Vanilla | 0 | complete | 4/4 | 2: 2.9000, 4: 2.5000 | loss: evaluator " \
+         "2; tasks: eval_step4.json |" in table
+  assert [os.path.basename(p) for p in pngs] == ["cmp_loss_vs_tokens.png",
+                                                 "cmp_tasks_vs_tokens.png"]
+  for png in pngs:
+    assert open(png, "rb").read(8) == PNG and os.path.getsize(png) > 10_000

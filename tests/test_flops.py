@@ -13,8 +13,9 @@ from flax import nnx
 from phd_jax import config as config_lib
 from phd_jax import decode, flops, state
 from phd_jax.loss import next_token_loss
-from phd_jax.masks import parse_variant, spec_mask
+from phd_jax.masks import parse_variant, plt_mask, spec_mask
 from phd_jax.model import ModelConfig, Transformer
+from phd_jax.plt import PLTTransformer
 from run_helpers import small_config
 from tier_helpers import one_fast
 
@@ -33,7 +34,15 @@ def test_attention_pairs_equal_the_full_mask(variant, window_unit):
     assert flops.attention_pairs(spec, tokens) == spec_mask(spec, tokens).sum(), tokens
 
 
-@pytest.mark.parametrize("variant", one_fast(["Vanilla", "PHD-3"]))
+@pytest.mark.parametrize("variant", ["PLT-1", "PLT-2", "PLT-3-4", "PLT-2-64"])
+def test_plt_attention_pairs_equal_the_masks(variant):
+  spec = parse_variant(variant)
+  for tokens in (1, 9, 64, 157):
+    global_mask, local_mask = plt_mask(spec, tokens)
+    assert flops.attention_pairs(spec, tokens) == global_mask.sum() + local_mask.sum(), tokens
+
+
+@pytest.mark.parametrize("variant", one_fast(["Vanilla", "PHD-3", "PLT-3-4"]))
 def test_flops_match_xla_count(variant):
   """XLA's count of a forward + backward also holds elementwise work and the masked half of
   the dense attention: within 3% when matmuls dominate (wide model, short sequence)."""
@@ -89,6 +98,50 @@ def test_inference_costs_worked_by_hand():
   assert flops.prefill_flops(HAND, swa, 5, 3) == 2 * (11 * 240 + 54 * 16) + 80
 
 
+def test_plt_costs_worked_by_hand():
+  query, hidden = parse_variant("PLT-2-3"), parse_variant("PLT-2-3", gate="hidden")
+  # a gate per layer: 2 x 2 query weights (H x Dh) or 4 x 2 (D x H), 2 biases; "hidden"
+  # also has its norm's 4 scales
+  assert flops.parameter_count(HAND, query) == 352 + 2 * (4 + 2)
+  assert flops.parameter_count(HAND, hidden) == 352 + 2 * (8 + 2 + 4)
+  assert flops.parameter_count(HAND, parse_variant("PLT-3")) == 352  # no window, no gate
+  # Training, 4 tokens: 2 loops x 120 block weights and the output layer once per token,
+  # the gate's 4 weights in loop 1; pairs: loop 0's causal 10, loop 1's 10 global and
+  # 1 + 2 + 3 + 3 in the window of 3.
+  matmuls = 2 * (2 * (2 * 120 + 4) + 40) * 4
+  assert flops.flops_per_sequence(HAND, query, 4) == 3 * (matmuls + 16 * 2 * 29)
+  # Cache: loop 0's K/V (Vanilla's 32 bytes per token) and, per later loop, the window's
+  # 2 earlier tokens: PLT-3-3 holds 4 entries.
+  plt3 = parse_variant("PLT-3-3")
+  assert flops.kv_bytes_per_token(HAND) == 32
+  assert flops.hidden_window_bytes(HAND, plt3) == 4 * 32
+  assert flops.inference_memory_bytes(HAND, plt3, 5) == 4 * (352 + 12) + 5 * 32 + 4 * 32
+  # Decoding token 5: loop 0 sees 5 cached + itself, loop 1 the same 6 and its window's 3;
+  # both rows through the blocks, loop 1's gate (2 x 4 per layer), the output layer once.
+  assert flops.decode_flops(HAND, query, 5) == 2 * (2 * 240 + 15 * 16) + 80 + 2 * 2 * 4
+  # Prefill of 5 tokens with loop 1 on the last 2: 7 rows; loop 0's 15 causal pairs, loop
+  # 1's 4 + 5 global and 1 + 2 in the window (it starts at token 3).
+  assert flops.prefill_flops(HAND, query, 5, 2) == 2 * (7 * 240 + 27 * 16) + 80 + 2 * 2 * 4 * 2
+  # which the later loops need: (loops - 1) x (1 + layers x (W - 1)), at most the prompt
+  assert decode.hidden_prefill_tokens(plt3, [20], num_layers=2) == 2 * (1 + 2 * 2)
+  assert decode.hidden_prefill_tokens(plt3, [7, 3], num_layers=2) == 7
+  assert decode.hidden_prefill_tokens(plt3, [20]) == 20
+  assert decode.hidden_prefill_tokens(parse_variant("PLT-3"), [20], num_layers=2) == 2
+
+
+@pytest.mark.parametrize("variant", ["PLT-2", "PLT-3-4", "PLT-2-64"])
+def test_plt_decode_attention_is_the_training_mask_row(variant):
+  """A PLT decoding step attends to exactly the rows of its token in the training masks."""
+  spec = parse_variant(variant)
+  global_mask, local_mask = plt_mask(spec, 30)
+  rows = (global_mask.sum(1) + local_mask.sum(1)).reshape(spec.loops, 30).sum(0)
+  per_pair = 4 * HAND.num_layers * HAND.num_heads * HAND.head_dim
+  first = flops.decode_flops(HAND, spec, 0)
+  for context in range(30):
+    assert flops.decode_flops(HAND, spec, context) - first == per_pair * (
+        rows[context] - rows[0]), context
+
+
 @pytest.mark.parametrize("variant", ["Vanilla", "PHD-3", "PHD-SWA-2-4-inf", "PHD-SWA-4-3-inf",
                                      "PHD-CSWA-3-4-8", "PHD-CSWA-4-6-5"])
 @pytest.mark.parametrize("window_unit", ["tokens", "positions"])
@@ -104,7 +157,8 @@ def test_decode_attention_is_the_training_mask_row(variant, window_unit):
         rows[context] - rows[0]), context
 
 
-@pytest.mark.parametrize("variant", ["PHD-3", "PHD-SWA-3-4-inf", "PHD-CSWA-2-4-8"])
+@pytest.mark.parametrize("variant", ["PHD-3", "PHD-SWA-3-4-inf", "PHD-CSWA-2-4-8", "PLT-3-4",
+                                     "PLT-2"])
 def test_prefill_of_every_copy_is_the_training_forward(variant):
   """With every token's copies computed (the paper's SWA prefill), a prefill is the
   training forward (a third of `flops_per_sequence`) less the output layer on T-1 tokens."""
@@ -124,6 +178,10 @@ def test_parameter_count_is_the_models(fields):
   model = nnx.eval_shape(lambda: Transformer(cfg, parse_variant("PHD-3"), rngs=nnx.Rngs(0)))
   assert flops.parameter_count(cfg) == sum(
       x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  for spec in (parse_variant("PLT-3-4"), parse_variant("PLT-2-4", gate="hidden")):
+    looped = nnx.eval_shape(lambda spec=spec: PLTTransformer(cfg, spec, rngs=nnx.Rngs(0)))
+    assert flops.parameter_count(cfg, spec) == sum(
+        x.size for x in jax.tree.leaves(nnx.state(looped, nnx.Param)))
 
 
 @pytest.mark.parametrize("variant,window_unit,dtype", [

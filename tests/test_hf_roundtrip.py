@@ -30,14 +30,6 @@ def _assert_tensors_equal(actual, expected):
     np.testing.assert_array_equal(actual[name], expected[name], err_msg=name)
 
 
-def _assert_params_equal(actual, expected):
-  actual, expected = dict(nnx.to_flat_state(actual)), dict(nnx.to_flat_state(expected))
-  assert sorted(actual) == sorted(expected)
-  for path, var in expected.items():
-    np.testing.assert_array_equal(np.asarray(actual[path].get_value()),
-                                  np.asarray(var.get_value()), err_msg=str(path))
-
-
 @pytest.mark.parametrize("scan_layers,tie,variant", [(True, False, "Vanilla"),
                                                      (False, True, "PHD-CSWA-2-2-4")])
 def test_phd_jax_to_hf_to_phd_jax_is_exact(tmp_path, scan_layers, tie, variant):
@@ -49,7 +41,7 @@ def test_phd_jax_to_hf_to_phd_jax_is_exact(tmp_path, scan_layers, tie, variant):
   # A few kilobytes per shard: the index and several shards are written and read back.
   hf.save_hf(str(tmp_path / "hf"), params, config, max_shard_bytes=40_000)
   assert (tmp_path / "hf" / weights.INDEX_FILE).is_file()
-  _assert_params_equal(hf.load_params(str(tmp_path / "hf"), config), params)
+  hf_helpers.assert_params_equal(hf.load_params(str(tmp_path / "hf"), config), params)
 
 
 @pytest.mark.parametrize("kind", sorted(hf_helpers.ARCHITECTURES))

@@ -1,7 +1,8 @@
 """The launch scripts: their dry runs print the expected commands (expected text written
 out here), shellcheck passes, bad arguments fail early with a message, local.sh stops
-every rank when one fails, and the TPU worker helper runs/follows/stops a run (a real
-2-process training run through local.sh: test_multiprocess.py)."""
+every rank when one fails, the TPU worker helper runs/follows/stops a run, and the
+evaluator job (--evaluator) starts beside training on SLURM and TPU VMs (a real 2-process
+training run through local.sh: test_multiprocess.py)."""
 
 import os
 import shlex
@@ -274,6 +275,35 @@ def test_slurm_dry_run_in_a_job_one_process_per_gpu_keeps_given_env():
   """)
 
 
+def test_slurm_evaluator_is_a_one_process_job_of_its_own():
+  """Outside a job: a small job submitted through --wrap (the script's #SBATCH lines ask for
+  whole nodes); inside it: one process following the run."""
+  out = launch("gpu_slurm.sh", "--evaluator", "--sbatch_arg=--partition=h100", "--dry_run",
+               "--", "--workdir=/shared/run", "--tasks=all", "--data_dir=/shared/eval data").stdout
+  assert out.splitlines() == [
+      "mkdir -p /shared/run/logs",
+      "sbatch --job-name=phd_jax_eval --nodes=1 --ntasks-per-node=1 --gpus-per-node=1 "
+      "--open-mode=append --signal=TERM@180 --output=/shared/run/logs/evaluator-%j.out "
+      f"--partition=h100 '--wrap={LAUNCH}/gpu_slurm.sh --gpus_per_node=1 --evaluator -- "
+      "--workdir=/shared/run --tasks=all '\"'\"'--data_dir=/shared/eval data'\"'\"''",
+  ]
+  wrapped = shlex.split(shlex.split(out.splitlines()[1])[-1].removeprefix("--wrap="))
+  assert wrapped[-1] == "--data_dir=/shared/eval data"  # one word in the job's shell
+  job = {**SLURM_JOB, "SLURM_JOB_NUM_NODES": "1", "SLURM_GPUS_ON_NODE": "1",
+         "SLURM_JOB_NODELIST": "gpu017"}
+  out = launch("gpu_slurm.sh", "--gpus_per_node=1", "--evaluator", "--dry_run", "--",
+               "--workdir=/shared/run", "--tasks=loss", env=job).stdout
+  assert out.splitlines() == lines(f"""
+      python3 {LAUNCH}/check_accelerator.py gpu
+      mkdir -p /shared/run/logs
+      export XLA_FLAGS=--xla_gpu_enable_latency_hiding_scheduler=true
+      export XLA_PYTHON_CLIENT_MEM_FRACTION=0.90
+      export NCCL_DEBUG=WARN
+      export JAX_LOCAL_DEVICE_IDS=0
+      srun --nodes=1 --ntasks=1 --cpus-per-task=96 --open-mode=append --output=/shared/run/logs/evaluator.log python3 -m phd_jax.evaluate --workdir=/shared/run --tasks=loss --follow
+  """)
+
+
 @pytest.mark.parametrize("found_by", ["PHD_JAX_LAUNCH_DIR", "SLURM_SUBMIT_DIR"])
 def test_slurm_copy_in_the_spool_directory_finds_the_repository(tmp_path, found_by):
   """sbatch runs a copy of the script from elsewhere: it finds launch/ through the
@@ -296,12 +326,33 @@ def test_slurm_copy_in_the_spool_directory_finds_the_repository(tmp_path, found_
     (["--gpus_per_node", "4"], SLURM_JOB, "--gpus_per_node=4 but the job has 8 GPUs"),
     (["--sbatch_arg", "--requeue"], SLURM_JOB, "only applies when submitting"),
     (["--nodes", "two"], {}, "--nodes must be a positive integer"),
+    (["--evaluator", "--per_gpu"], {}, "--per_gpu does not apply to --evaluator"),
+    (["--evaluator", "--nodes", "2"], {}, "--evaluator runs on one node; got --nodes 2"),
 ])
 def test_slurm_bad_arguments_fail_with_a_message(args, env, message):
   proc = launch("gpu_slurm.sh", *args, "--dry_run", "--", "--config=c", "--workdir=w",
                 env=env, check=False)
   assert proc.returncode == 2
   assert message in proc.stderr
+
+
+@pytest.mark.parametrize("script, args", [
+    ("gpu_slurm.sh", ["--evaluator"]),
+    ("tpu_pod.sh", ["--name=e", "--zone=z", "--accelerator_type=v5litepod-8", "--evaluator"]),
+    ("tpu_worker.sh", ["start", "--evaluator"]),
+])
+@pytest.mark.parametrize("evaluator_args, message", [
+    (["--tasks=loss"], "the evaluator arguments lack --workdir=RUN, the run to follow"),
+    (["--workdir=gs://b/w", "--checkpoint=gs://b/w/checkpoints/4"],
+     "do not pass --checkpoint to the evaluator: it follows --workdir in one process"),
+    (["--workdir=gs://b/w", "--num_processes", "2"],
+     "do not pass --num_processes to the evaluator: it follows --workdir in one process"),
+])
+def test_evaluator_arguments_are_checked_before_anything_starts(script, args, evaluator_args,
+                                                                message):
+  proc = launch(script, *args, "--dry_run", "--", *evaluator_args, check=False)
+  assert proc.returncode == 2 and proc.stdout == ""
+  assert proc.stderr == f"{script}: error: {message}\n"
 
 
 # ---------------------------------------------------------------- tpu_pod.sh
@@ -382,6 +433,20 @@ def test_tpu_bad_arguments_fail_with_a_message(args, message):
   assert message in proc.stderr
 
 
+def test_tpu_dry_run_starts_the_evaluator_on_a_vm_of_its_own():
+  out = launch("tpu_pod.sh", "--name", "phd-1b-eval", "--zone=us-east5-a", "--accelerator_type",
+               "v5litepod-8", "--evaluator", "--dry_run", "--", "--workdir=gs://bucket/runs/1b",
+               "--tasks=all", "--data_dir=/home/me/eval_data").stdout.splitlines()
+  worker = "bash phd_jax/launch/tpu_worker.sh"
+  at = "phd-1b-eval --zone=us-east5-a"
+  assert out[1] == (f"gcloud compute tpus tpu-vm create {at} --accelerator-type=v5litepod-8 "
+                    "--version=v2-alpha-tpuv5-lite")
+  assert out[-2:] == [
+      f"gcloud compute tpus tpu-vm ssh {at} --worker=all '--command={worker} start --evaluator "
+      "-- --workdir=gs://bucket/runs/1b --tasks=all --data_dir=/home/me/eval_data'",
+      f"gcloud compute tpus tpu-vm ssh {at} --worker=0 '--command={worker} logs'"]
+
+
 def test_tpu_workdir_must_be_shared():
   proc = launch("tpu_pod.sh", "--name", "t", "--zone", "z", "--accelerator_type", "v4-8",
                 "--dry_run", "--", "--config=c", "--workdir=/local/w", check=False)
@@ -419,3 +484,16 @@ def test_tpu_worker_starts_follows_and_stops_a_detached_run(tmp_path):
   assert not (run_dir / "pid").exists()  # the finished run removed it; stop is a no-op
   launch("tpu_worker.sh", "stop", env=env)
 
+
+
+def test_tpu_worker_starts_the_evaluator_job(tmp_path):
+  python = tmp_path / "phd_jax_venv" / "bin" / "python"
+  python.parent.mkdir(parents=True)
+  python.write_text('#!/usr/bin/env bash\necho "ran: $*"\n')
+  python.chmod(0o755)
+  env = {"HOME": str(tmp_path)}
+  started = launch("tpu_worker.sh", "start", "--evaluator", "--", "--workdir=gs://b/w",
+                   "--tasks=loss", env=env).stdout
+  assert started.splitlines()[-1].startswith("started phd_jax.evaluate on ")
+  follow = launch("tpu_worker.sh", "logs", env=env, timeout=20)
+  assert follow.stdout == "ran: -m phd_jax.evaluate --workdir=gs://b/w --tasks=loss --follow\n"

@@ -10,7 +10,8 @@ from flax import nnx
 
 from phd_jax.loss import next_token_loss
 from phd_jax.masks import parse_variant
-from phd_jax.model import ModelConfig, Transformer, copy_positions, unstack_layers
+from phd_jax.model import ModelConfig, Transformer, copy_positions
+from reference_model import reference_logits
 from tier_helpers import one_fast
 
 CFG = ModelConfig(vocab_size=61, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -32,61 +33,6 @@ def tokens(B=2, T=11, seed=1, vocab=CFG.vocab_size):
   return jax.random.randint(jax.random.key(seed), (B, T), 0, vocab)
 
 
-def reference_vanilla_logits(model, toks, norm_style="reordered"):
-  """A plain causal OLMo2 transformer written from scratch over the model's raw arrays."""
-  cfg = model.cfg
-  params = nnx.state(model, nnx.Param)
-  if cfg.scan_layers:
-    params = unstack_layers(params)
-  p = jax.tree.map(np.asarray, nnx.to_pure_dict(params))
-
-  def rms(x, scale, axes):
-    return x / np.sqrt(np.mean(x * x, axis=axes, keepdims=True) + cfg.norm_eps) * scale
-
-  def rot(x, pos):  # x [B, T, N, Dh]
-    half = cfg.head_dim // 2
-    freq = cfg.rope_theta ** (-np.arange(half) * 2.0 / cfg.head_dim)
-    ang = pos[None, :, None, None] * freq
-    x1, x2 = x[..., :half], x[..., half:]
-    return np.concatenate([x1 * np.cos(ang) - x2 * np.sin(ang),
-                           x2 * np.cos(ang) + x1 * np.sin(ang)], -1)
-
-  toks = np.asarray(toks)
-  B, T = toks.shape
-  x = p["embed"]["table"][toks]
-  pos = np.arange(T, dtype=np.float64)
-  causal = np.tril(np.ones((T, T), bool))
-  group = cfg.num_heads // cfg.num_kv_heads
-  for blk in p["blocks"].values():
-    a = blk["attn"]
-
-    def attn(h):
-      q = np.einsum("btd,dhe->bthe", h, a["wq"])
-      k = np.einsum("btd,dhe->bthe", h, a["wk"])
-      v = np.einsum("btd,dhe->bthe", h, a["wv"])
-      q = rot(rms(q, a["q_norm"]["scale"], (-2, -1)), pos)
-      k = rot(rms(k, a["k_norm"]["scale"], (-2, -1)), pos)
-      k, v = np.repeat(k, group, axis=2), np.repeat(v, group, axis=2)
-      s = np.einsum("bqhe,bshe->bhqs", q, k) / np.sqrt(cfg.head_dim)
-      s = np.where(causal, s, -np.inf)
-      w = np.exp(s - s.max(-1, keepdims=True))
-      w /= w.sum(-1, keepdims=True)
-      return np.einsum("bqhe,hed->bqd", np.einsum("bhqs,bshe->bqhe", w, v), a["wo"])
-
-    def mlp(h):
-      g = h @ blk["mlp"]["gate"]
-      return (g / (1 + np.exp(-g)) * (h @ blk["mlp"]["up"])) @ blk["mlp"]["down"]
-
-    an, mn = blk["attn_norm"]["scale"], blk["mlp_norm"]["scale"]
-    if norm_style == "reordered":
-      x = x + rms(attn(x), an, -1)
-      x = x + rms(mlp(x), mn, -1)
-    else:
-      x = x + attn(rms(x, an, -1))
-      x = x + mlp(rms(x, mn, -1))
-  return rms(x, p["final_norm"]["scale"], -1) @ p["lm_head"]
-
-
 @pytest.mark.parametrize("norm_style,scan_layers", [("reordered", True), ("pre", True),
                                                     ("reordered", False)])
 def test_vanilla_equals_independent_transformer(norm_style, scan_layers):
@@ -94,7 +40,7 @@ def test_vanilla_equals_independent_transformer(norm_style, scan_layers):
                                               scan_layers=scan_layers))
   toks = tokens()
   np.testing.assert_allclose(np.asarray(model(toks)),
-                             reference_vanilla_logits(model, toks, norm_style),
+                             reference_logits(model, toks),
                              rtol=2e-4, atol=2e-4)
 
 

@@ -11,6 +11,10 @@ and is exact: it equals `dense` up to floating-point rounding.
   cudnn       NVIDIA GPU: cuDNN flash attention on the originals, merged with the band
               (bfloat16/float16; other inputs run structured)
   auto        splash on TPU, cudnn on CUDA GPUs, structured elsewhere
+
+PLT's later loops (`loops.py`) run their global part, causal attention over loop 0's keys,
+on the same implementation, and their local window as a band in JAX ("dense": the
+explicit two-softmax reference).
 """
 
 from __future__ import annotations

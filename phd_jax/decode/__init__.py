@@ -6,7 +6,9 @@
   decode.Decoder(model, mesh=mesh)  # prefill, steps, generation on a (data, fsdp, tensor) mesh
 
 The KV cache of any PHD-K model has exactly the shape and bytes of a vanilla model's;
-PHD-SWA/CSWA add a window of W (or W*(K-1)) hidden K/V entries per layer.
+PHD-SWA/CSWA add a window of W (or W*(K-1)) hidden K/V entries per layer. PLT models
+(`decode/loops.py`) keep loop 0's cache, the later loops' last W-1 K/V per layer, and run
+every loop of a new token in one forward.
 """
 
 from phd_jax.decode.cache import Cache, HiddenWindow, init_cache, kv_cache_bytes, window_entries

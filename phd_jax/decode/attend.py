@@ -2,7 +2,8 @@
 
 Keys come from three places (cached originals, the hidden window, the new tokens' own
 copies), so the rule of `masks.visible`, which also builds the training mask, is evaluated
-from each key's token position and copy index.
+from each key's token position and copy index. PLT's rows are loops, and each of its two
+softmaxes (`masks.plt_visible`) is this over its own parts.
 """
 
 from __future__ import annotations
@@ -17,23 +18,26 @@ from phd_jax.masks import PHDSpec, visible
 
 
 def cached_masks(spec: PHDSpec, cache: Cache, start, limit: int, positions_BN, real_BN,
-                 copies: int):
+                 copy_C, rule=None):
   """Masks `[B, N*C, M]` of the new queries over each key part: cache[:limit], the window
-  (if any), the new copies.
+  (if any), the new rows.
 
-  Cache slots count only below `start` (the new tokens' first slot) and from each row's
-  first slot on. Padding (`real_BN` False) sees only padding, and real tokens only real
+  copy_C: the copy (PLT: loop) index of each of the C rows a new token runs. rule:
+  `rule(q_pos, q_copy, k_pos, k_copy)`, by default the spec's `visible`. Cache slots count
+  only below `start` (the new tokens' first slot) and from each row's first slot on; they
+  hold copy 0. Padding (`real_BN` False) sees only padding, and real tokens only real
   ones, as segment ids do in training.
   """
-  N = positions_BN.shape[1]
-  copy_Q = jnp.tile(jnp.arange(copies), N)
-  q_pos = jnp.repeat(positions_BN, copies, axis=1)
-  q_real = jnp.repeat(real_BN, copies, axis=1)
+  rule = rule or functools.partial(visible, spec)
+  N, C = positions_BN.shape[1], copy_C.shape[0]
+  copy_Q = jnp.tile(copy_C, N)
+  q_pos = jnp.repeat(positions_BN, C, axis=1)
+  q_real = jnp.repeat(real_BN, C, axis=1)
 
   def mask(k_pos, k_copy, k_real, k_filled):
-    rule = visible(spec, q_pos[:, :, None], copy_Q[None, :, None], k_pos[:, None, :],
+    allowed = rule(q_pos[:, :, None], copy_Q[None, :, None], k_pos[:, None, :],
                    k_copy[:, None, :])
-    return rule & k_filled[:, None, :] & (k_real[:, None, :] == q_real[:, :, None])
+    return allowed & k_filled[:, None, :] & (k_real[:, None, :] == q_real[:, :, None])
 
   slot_S = jnp.arange(limit)
   cache_pos = slot_S[None] - cache.first_slot[:, None]
@@ -46,21 +50,34 @@ def cached_masks(spec: PHDSpec, cache: Cache, start, limit: int, positions_BN, r
   return masks
 
 
+def key_parts(layer: LayerCache, limit: int, k_BNCGDh, v_BNCGDh) -> list:
+  """(keys, values) `[B, M, G, Dh]` of one layer's parts, in `cached_masks`' order."""
+  B, N, C, G, Dh = k_BNCGDh.shape
+  parts = [(layer.keys[:, :limit], layer.values[:, :limit])]
+  if layer.window_keys is not None:
+    parts.append((layer.window_keys, layer.window_values))
+  parts.append((k_BNCGDh.reshape(B, N * C, G, Dh), v_BNCGDh.reshape(B, N * C, G, Dh)))
+  return parts
+
+
 def cached_attention(layer: LayerCache, limit: int, masks_BQM, q_BNCHDh, k_BNCGDh,
                      v_BNCGDh):
   """Grouped-query attention of the new copies over [cache[:limit] | window | new] of one
-  layer.
+  layer, in one softmax."""
+  return attend_parts(q_BNCHDh, key_parts(layer, limit, k_BNCGDh, v_BNCGDh), masks_BQM,
+                      v_BNCGDh.dtype)
+
+
+def attend_parts(q_BNCHDh, parts, masks_BQM, dtype):
+  """Grouped-query attention of the new rows over key parts [(keys, values) `[B, M, G,
+  Dh]`] under their masks `[B, N*C, M]`, in `dtype`.
 
   One softmax over all keys, computed per key part (a joint max and sum) so that the
   cache is read in place rather than copied into a concatenation every step.
   """
   B, N, C, H, Dh = q_BNCHDh.shape
-  G = k_BNCGDh.shape[3]
+  G = parts[0][0].shape[2]
   q_BQGRDh = q_BNCHDh.reshape(B, N * C, G, H // G, Dh)
-  parts = [(layer.keys[:, :limit], layer.values[:, :limit])]
-  if layer.window_keys is not None:
-    parts.append((layer.window_keys, layer.window_values))
-  parts.append((k_BNCGDh.reshape(B, N * C, G, Dh), v_BNCGDh.reshape(B, N * C, G, Dh)))
   scores = [jnp.where(mask[:, None, None], jnp.einsum(
       "bqgrd,bsgd->bgrqs", q_BQGRDh, k.astype(q_BQGRDh.dtype),
       preferred_element_type=jnp.float32) * Dh**-0.5, MASKED)
@@ -68,6 +85,6 @@ def cached_attention(layer: LayerCache, limit: int, masks_BQM, q_BNCHDh, k_BNCGD
   top = functools.reduce(jnp.maximum, [s.max(-1) for s in scores])
   exps = [jnp.exp(s - top[..., None]) for s in scores]
   inv_total = 1.0 / sum(e.sum(-1) for e in exps)[..., None]
-  out = sum(jnp.einsum("bgrqs,bsgd->bqgrd", (e * inv_total).astype(v_BNCGDh.dtype),
-                       v.astype(v_BNCGDh.dtype)) for e, (_, v) in zip(exps, parts))
+  out = sum(jnp.einsum("bgrqs,bsgd->bqgrd", (e * inv_total).astype(dtype), v.astype(dtype))
+            for e, (_, v) in zip(exps, parts))
   return out.reshape(B, N, C, H, Dh)

@@ -7,6 +7,10 @@ K/V are used within their own token's forward pass and dropped. PHD-SWA/CSWA add
 `HiddenWindow`: the most recent hidden K/V (W entries with window_unit="tokens",
 W*(K-1) with "positions"), which is all the window rule can reach.
 
+PLT (phd_jax/plt.py): `keys/values` are loop 0's, the window holds the later loops' K/V of
+the last W-1 tokens (an entry's `copies` is its loop), and `loop_outputs` the last token's
+output of every loop but the last, which the next token's later loops read.
+
 Rows are left-padded: row b's first token sits in slot `first_slot[b]`, so every row
 writes its next token to the same slot `length` and one `dynamic_update_slice` serves the
 batch. A slot's token position is `slot - first_slot[b]`. Only the padding that shorter
@@ -24,8 +28,9 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from phd_jax import config as config_lib
 from phd_jax import sharding
+from phd_jax.flops import window_entries
 from phd_jax.layers import DTYPES
-from phd_jax.masks import PHDSpec
+from phd_jax.masks import PHDSpec, PLTSpec
 from phd_jax.model import ModelConfig
 
 
@@ -34,7 +39,7 @@ class HiddenWindow:
   keys: jax.Array  # [L, B, W, G, Dh], oldest entry first
   values: jax.Array
   positions: jax.Array  # [B, W] int32 token position of each entry, -1 = empty
-  copies: jax.Array  # [B, W] int32 copy index (1..K-1) of each entry
+  copies: jax.Array  # [B, W] int32 copy index (1..K-1; PLT: loop) of each entry
 
 
 @flax.struct.dataclass
@@ -52,7 +57,8 @@ class Cache:
   values: jax.Array
   first_slot: jax.Array  # [B] int32: slot of each row's first token (left padding)
   length: jax.Array  # [] int32: slots filled, the same for every row
-  window: HiddenWindow | None = None  # SWA/CSWA only
+  window: HiddenWindow | None = None  # SWA/CSWA, and PLT with W > 1
+  loop_outputs: jax.Array | None = None  # PLT: [B, loops-1, D], the last token's H_0..H_L-2
 
   @property
   def cache_len(self) -> int:
@@ -65,14 +71,7 @@ class Cache:
     return LayerCache(self.keys, self.values, self.window.keys, self.window.values)
 
 
-def window_entries(spec: PHDSpec) -> int:
-  """Hidden K/V entries the SWA/CSWA window can reach from the next token (0: no window)."""
-  if spec.window == 0:
-    return 0
-  return spec.window if spec.window_unit == "tokens" else spec.window * (spec.k - 1)
-
-
-def init_cache(cfg: ModelConfig, spec: PHDSpec, batch: int, cache_len: int,
+def init_cache(cfg: ModelConfig, spec: PHDSpec | PLTSpec, batch: int, cache_len: int,
                first_slot=None) -> Cache:
   """An empty cache of `cache_len` slots; `first_slot [B]` marks each row's left padding."""
   dtype = DTYPES[cfg.dtype]
@@ -88,9 +87,12 @@ def init_cache(cfg: ModelConfig, spec: PHDSpec, batch: int, cache_len: int,
         copies=jnp.zeros((batch, entries), jnp.int32))
   if first_slot is None:
     first_slot = jnp.zeros((batch,), jnp.int32)
+  loop_outputs = None
+  if isinstance(spec, PLTSpec):
+    loop_outputs = zeros((batch, spec.loops - 1, cfg.d_model))
   return Cache(keys=zeros(kv_shape), values=zeros(kv_shape),
                first_slot=jnp.asarray(first_slot, jnp.int32), length=jnp.int32(0),
-               window=window)
+               window=window, loop_outputs=loop_outputs)
 
 
 def moved(cache: Cache, slots: int, shift=0) -> Cache:
@@ -120,7 +122,8 @@ def shard_cache(cache: Cache, mesh) -> Cache:
   specs = Cache(keys=kv, values=kv, first_slot=on_mesh(rows), length=on_mesh(),
                 window=None if cache.window is None else HiddenWindow(
                     keys=kv, values=kv, positions=on_mesh(rows, None),
-                    copies=on_mesh(rows, None)))
+                    copies=on_mesh(rows, None)),
+                loop_outputs=None if cache.loop_outputs is None else on_mesh(rows, None, None))
   return jax.lax.with_sharding_constraint(cache, specs)
 
 
@@ -155,8 +158,8 @@ def kv_cache_bytes(config, seq_len: int, batch: int) -> dict:
   """Bytes of the inference cache of `config`'s model for `batch` rows of `seq_len` slots.
 
   Keys: "variant", "originals" (the K/V every variant keeps: a vanilla model's whole
-  cache), "hidden_window" (SWA/CSWA's rolling hidden K/V), "bookkeeping" (slot and
-  position indices), "total".
+  cache), "hidden_window" (SWA/CSWA's rolling hidden K/V, PLT's later loops'),
+  "bookkeeping" (slot and position indices; PLT: the last token's loop outputs), "total".
   """
   cfg, spec = config_lib.model_config(config), config_lib.phd_spec(config)
   for name, value in (("seq_len", seq_len), ("batch", batch)):

@@ -15,7 +15,9 @@ Prefill (PAPER.md "Inference"), on left-padded prompts:
                    (partial) chunk, or of SWA's tokens when fewer: windows never reach
                    into earlier chunks.
 A decoding step is the K copies of one new token in one forward; copy 0's K/V join the
-cache, copy K-1's logits choose the next token.
+cache, copy K-1's logits choose the next token. PLT variants prefill and step in
+phd_jax/decode/loops.py (all loops of the new token in one forward), behind the same
+functions.
 """
 
 from __future__ import annotations
@@ -29,13 +31,13 @@ from flax import nnx
 
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from phd_jax import attention as attention_lib
 from phd_jax import sharding
-from phd_jax.decode.attend import cached_attention, cached_masks
-from phd_jax.decode.cache import Cache, init_cache, moved, shard_cache, write
+from phd_jax.decode import loops
+from phd_jax.decode.cache import Cache, init_cache, moved, shard_cache
+from phd_jax.decode.forward import forward
 from phd_jax.decode.prompts import POWERS_OF_TWO, check_buckets, layout
 from phd_jax.decode.sampling import Sampling, sample
-from phd_jax.masks import PHDSpec
+from phd_jax.masks import PHDSpec, PLTSpec
 
 
 def swa_hidden_tokens(spec: PHDSpec, num_layers: int) -> int:
@@ -72,14 +74,34 @@ def swa_hidden_tokens(spec: PHDSpec, num_layers: int) -> int:
   return 1 - earliest // hidden  # tokens from earliest's own through the last
 
 
-def hidden_prefill_tokens(spec: PHDSpec, lengths, num_layers: int | None = None) -> int:
+def later_loop_tokens(spec: PLTSpec, num_layers: int) -> int:
+  """How many trailing prompt tokens a PLT prefill runs the later loops on (loop 0 runs
+  them all) so that the next token's logits and the state the decoding steps continue
+  from (each loop's output at the last token, its window's K/V) are exact.
+
+  Loop l's output at token t reads loop l's K/V of the W-1 tokens before t, every layer;
+  so loop l run from token s is exact from s + L*(W-1) on (its first tokens' windows are
+  cut, which spoils only the tokens before that), and its input at s reads loop l-1's
+  output at s-1. The last loop must be exact at the last token, the loops before it where
+  the next loop starts: loop l runs on the last (loops - l) * (1 + L*(W-1)) tokens, and
+  running every later loop on loop 1's count, returned here, is as exact.
+  """
+  return (spec.loops - 1) * (1 + num_layers * max(spec.window - 1, 0))
+
+
+def hidden_prefill_tokens(spec: PHDSpec | PLTSpec, lengths,
+                          num_layers: int | None = None) -> int:
   """How many trailing slots of the left-padded prompts prefill runs with all K copies.
 
   PHD: the last token. CSWA: the last token's (partial) chunk, whose windows never reach
   an earlier one. SWA (and CSWA when it is shorter): `swa_hidden_tokens` of the model's
-  `num_layers` (None: every prompt token, as the paper does).
+  `num_layers` (None: every prompt token, as the paper does). PLT: the tokens the later
+  loops run on (`later_loop_tokens`; None: every prompt token).
   """
   lengths = [int(n) for n in lengths]
+  if isinstance(spec, PLTSpec):
+    needed = max(lengths)
+    return needed if num_layers is None else min(needed, later_loop_tokens(spec, num_layers))
   if spec.window == 0:
     return 1
   needed = max(lengths)
@@ -88,38 +110,6 @@ def hidden_prefill_tokens(spec: PHDSpec, lengths, num_layers: int | None = None)
   if spec.chunk is None:
     return needed
   return min(needed, max(n - (n - 1) // spec.chunk * spec.chunk for n in lengths))
-
-
-def forward(model, cache: Cache, tokens_BN, start, copies: int):
-  """Last-block states `[B, N, C, D]` of the first `copies` copies, and the updated cache.
-
-  `start` is a Python int in prefill (keys: `cache[:start]`, or the training attention
-  when the cache is still empty) and a traced scalar in decoding (the whole cache, masked).
-  Every layer's attention returns its new K/V, which the layer scan stacks for `write`.
-  """
-  spec = model.spec
-  N = tokens_BN.shape[1]
-  positions_BN = start + jnp.arange(N)[None, :] - cache.first_slot[:, None]
-  real_BN = positions_BN >= 0  # False on left padding
-  positions_BN = jnp.maximum(positions_BN, 0)
-  if isinstance(start, int) and start == 0:  # nothing cached: the training attention
-    sub_spec = spec if copies == spec.k else PHDSpec(k=1)  # originals alone: vanilla
-    segment_ids_BN = real_BN.astype(jnp.int32)  # padding is segment 0, as in training
-    layer_inputs = None
-
-    def attend(_, q, k, v):
-      return attention_lib.attention(model.cfg.attention_impl, q, k, v, sub_spec,
-                                     segment_ids_BN, positions_BN), (k, v)
-  else:
-    limit = start if isinstance(start, int) else cache.cache_len
-    masks = cached_masks(spec, cache, start, limit, positions_BN, real_BN, copies)
-    layer_inputs = cache.per_layer()
-
-    def attend(layer, q, k, v):
-      return cached_attention(layer, limit, masks, q, k, v), (k, v)
-  x_BNCD, (k_LBNCGDh, v_LBNCGDh) = model.hidden_states_with(attend, tokens_BN, positions_BN,
-                                                            copies, layer_inputs)
-  return x_BNCD, write(cache, start, k_LBNCGDh, v_LBNCGDh, positions_BN, real_BN)
 
 
 def prefill(model, cache: Cache, tokens_BT, hidden_tokens: int):
@@ -132,6 +122,8 @@ def prefill(model, cache: Cache, tokens_BT, hidden_tokens: int):
   the last token. Only the last one's output is used, so XLA drops the last layer's
   attention output and MLP of every earlier token (only their K/V are needed).
   """
+  if isinstance(model.spec, PLTSpec):
+    return loops.prefill(model, cache, tokens_BT, hidden_tokens)
   T, k, cache_len = tokens_BT.shape[1], model.spec.k, cache.cache_len
   cache = moved(cache, T)
   split = T - hidden_tokens
@@ -145,6 +137,8 @@ def prefill(model, cache: Cache, tokens_BT, hidden_tokens: int):
 
 def step(model, cache: Cache, tokens_B):
   """Feed one token per row: its final-copy logits `[B, V]` and the updated cache."""
+  if isinstance(model.spec, PLTSpec):
+    return loops.step(model, cache, tokens_B)
   x_B1KD, cache = forward(model, cache, tokens_B[:, None], cache.length, copies=model.spec.k)
   return model.logits(x_B1KD[:, :, -1])[:, 0], cache
 
@@ -256,7 +250,8 @@ class Decoder:
     T = laid.tokens_BT.shape[1]
     lengths = laid.lengths
     if self.buckets:  # one program per bucket: serve any length it holds (every chunk residue)
-      lengths = range(max(1, T - (self.spec.chunk or 1) + 1), T + 1)
+      chunk = self.spec.chunk if isinstance(self.spec, PHDSpec) else None
+      lengths = range(max(1, T - (chunk or 1) + 1), T + 1)
     return laid, min(T, hidden_prefill_tokens(self.spec, lengths, self.cfg.num_layers))
 
   def _put(self, *arrays):

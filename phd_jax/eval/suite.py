@@ -50,8 +50,13 @@ def in_loop(model, config, mesh=None, *, tasks=("loss",), limit: int | None = No
   mesh: the one the model's parameters live on (None: one device). Compiles once: later
   calls with the same shapes reuse the forward.
   """
-  results = evaluate(model, config, mesh, tasks, data_dir=data_dir, limit=limit,
-                     loss_batches=loss_batches)
+  return scalars(evaluate(model, config, mesh, tasks, data_dir=data_dir, limit=limit,
+                          loss_batches=loss_batches))
+
+
+def scalars(results: dict) -> dict:
+  """`evaluate`'s results as the scalars training and the evaluator job log, under the
+  same tags (`eval/loss`, `eval/<task>`, `eval/average`)."""
   metrics = {}
   if "loss" in results:
     for key in ("loss", "perplexity", "bits_per_byte"):

@@ -8,9 +8,12 @@
 
 PHD adds no parameters, so one set of weights serves every variant: importing chooses the
 variant by the config, and exporting writes the dense architecture (OLMo2, Llama, Qwen3)
-for Vanilla, or `PhdForCausalLM` (config + `modeling_phd.py`, loadable with
-`trust_remote_code=True`) for a PHD variant or on request. Parameters of either layer
-layout (stacked for `model.scan_layers`, or per layer) are read and written.
+for Vanilla, or `PhdForCausalLM` (config + `modeling_phd.py` and `modeling_plt.py`,
+loadable with `trust_remote_code=True`) for a PHD or PLT variant or on request. A PLT
+variant with a window adds a gate per layer: its checkpoints carry them, and the variant
+an import or warm start chooses must have gates reading the same input (or none where the
+checkpoint has none). Parameters of either layer layout (stacked for `model.scan_layers`,
+or per layer) are read and written.
 """
 
 from __future__ import annotations
@@ -30,12 +33,15 @@ from phd_jax import checkpoint
 from phd_jax import config as config_lib
 from phd_jax import state
 from phd_jax.hf import files, generation, mapping, weights
+from phd_jax.masks import PLTSpec
 
 ARCHITECTURES = ("auto", "phd", "native")
 EXPORT_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 MAX_SHARD_BYTES = 5 * 2**30  # transformers' default shard size
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-MODELING_FILES = ("configuration_phd.py", "modeling_phd.py")
+MODELING_FILES = ("configuration_phd.py", "modeling_phd.py", "modeling_plt.py")
+GATE_DESCRIPTIONS = {None: "no PLT gates", "query": "PLT gates that read the query",
+               "hidden": "PLT gates that read the hidden state"}
 
 
 def _model_config(config):
@@ -45,18 +51,28 @@ def _model_config(config):
     raise ValueError(f"model fields: {e}") from None
 
 
+def _gate_input(spec) -> str | None:
+  """What the PLT gates of the variant's layers read; None when they have none."""
+  return spec.gate if isinstance(spec, PLTSpec) and spec.gated else None
+
+
 def check_model_fields(config, hf_dir: str) -> None:
   """ValueError listing each `config.model` field that differs from the HF model's, as
-  the flags that would fix it."""
-  cfg = _model_config(config)
-  fields = mapping.model_fields(mapping.read_config(hf_dir), os.path.join(hf_dir,
-                                                                          mapping.CONFIG_FILE))
+  the flags that would fix it, or naming a variant whose PLT gates differ from its layers'."""
+  cfg, spec = _model_config(config), config_lib.phd_spec(config)
+  hf_config, where = mapping.read_config(hf_dir), os.path.join(hf_dir, mapping.CONFIG_FILE)
+  fields = mapping.model_fields(hf_config, where)
   wrong = {k: v for k, v in fields.items() if getattr(cfg, k) != v}
   if wrong:
     flags = " ".join(f"--config.model.{k}={v}" for k, v in wrong.items())
     raise ValueError(f"{hf_dir} does not match the config's model: "
                      + ", ".join(f"model.{k}={getattr(cfg, k)!r}" for k in wrong)
                      + f"; the checkpoint needs {flags}")
+  held, wanted = mapping.gate_input(hf_config, where), _gate_input(spec)
+  if held != wanted:
+    raise ValueError(f"{hf_dir}: its layers have {GATE_DESCRIPTIONS[held]}, but phd.variant="
+                     f"{spec.name} has {GATE_DESCRIPTIONS[wanted]}: choose a variant (and "
+                     "phd.plt_gate) with the checkpoint's gates")
 
 
 def _placements(expected: list[mapping.Tensor], flat: dict):
@@ -98,7 +114,7 @@ def load_params(hf_dir: str, config, like=None):
   """
   hf_config = mapping.read_config(hf_dir)
   check_model_fields(config, hf_dir)
-  expected = mapping.tensors(_model_config(config))
+  expected = mapping.tensors(_model_config(config), _gate_input(config_lib.phd_spec(config)))
   names = weights.shard_names(hf_dir)
   weights.check_tensors(hf_dir, expected, weights.headers(hf_dir, names), hf_config)
   flat = dict(nnx.to_flat_state(_abstract_params(config) if like is None else like))
@@ -159,9 +175,13 @@ def import_checkpoint(hf_dir: str, config, out: str) -> str:
 def _architecture(cfg, spec, requested: str) -> str:
   if requested not in ARCHITECTURES:
     raise ValueError(f"architecture must be one of {ARCHITECTURES}; got {requested!r}")
+  plt = isinstance(spec, PLTSpec)  # no dense architecture has loops
   native = mapping.native_architecture(cfg)
-  if requested == "phd" or (requested == "auto" and (spec.k > 1 or native is None)):
+  if requested == "phd" or (requested == "auto" and (plt or spec.k > 1 or native is None)):
     return mapping.PHD_ARCHITECTURE
+  if plt:
+    raise ValueError(f"architecture='native' has no PLT loops; {spec.name} exports as 'phd' "
+                     "(or 'auto')")
   if spec.k > 1:
     raise ValueError(f"architecture='native' would run the {spec.name} weights as Vanilla; "
                      "use 'auto' or 'phd'")
@@ -172,11 +192,11 @@ def _architecture(cfg, spec, requested: str) -> str:
   return native
 
 
-def _hf_tensors(params, cfg, dtype):
+def _hf_tensors(params, cfg, gate, dtype):
   """(HF name, array) of every parameter in checkpoint order; each stacked parameter is
   brought to the host once."""
   flat = dict(nnx.to_flat_state(params))
-  expected = mapping.tensors(cfg)
+  expected = mapping.tensors(cfg, gate)
   placements = _placements(expected, flat)
   on_host = {}
   for tensor in expected:
@@ -193,8 +213,8 @@ def save_hf(out: str, params, config, *, architecture: str = "auto", dtype: str 
   not at all: it is written beside `out` and renamed when complete.
 
   Args:
-    architecture: "auto" (the dense architecture for Vanilla, PhdForCausalLM for PHD),
-      "phd", or "native" (the dense one; Vanilla only).
+    architecture: "auto" (the dense architecture for Vanilla, PhdForCausalLM for PHD and
+      PLT), "phd", or "native" (the dense one; Vanilla only).
     dtype: "float32" (exact) or "bfloat16".
   Returns:
     The architecture written.
@@ -213,7 +233,7 @@ def save_hf(out: str, params, config, *, architecture: str = "auto", dtype: str 
                     if name == mapping.PHD_ARCHITECTURE else [])
   staging = _staging_folder(out)
   try:
-    weights.write(staging, _hf_tensors(params, cfg, dtype), max_shard_bytes)
+    weights.write(staging, _hf_tensors(params, cfg, _gate_input(spec), dtype), max_shard_bytes)
     for file, content in ((mapping.CONFIG_FILE, hf_config),
                           (generation.GENERATION_FILE, generation_config)):
       with open(os.path.join(staging, file), "w") as f:

@@ -4,7 +4,9 @@ Architectures read and written (weights in transformers' own names and layouts):
   Olmo2ForCausalLM   norms after each sublayer ("reordered"), QK-norm across all heads
   LlamaForCausalLM   norms before each sublayer ("pre"), no QK-norm
   Qwen3ForCausalLM   "pre", QK-norm per head
-  PhdForCausalLM     any of the above plus the PHD variant (`modeling_phd.py`)
+  PhdForCausalLM     any of the above plus the PHD or PLT variant (`modeling_phd.py`); a
+                     gated PLT variant adds each layer's `self_attn.plt_gate` (the released
+                     PLT model's names)
 What phd_jax cannot compute (RoPE scaling, biases, sliding-window layers, other
 activations, Qwen2's always-on q/k/v biases) is refused with the config field that asks
 for it, before any weight is read.
@@ -22,7 +24,7 @@ import math
 import os
 
 from phd_jax.hf import files
-from phd_jax.masks import PHDSpec
+from phd_jax.masks import PHDSpec, PLTSpec
 
 CONFIG_FILE = "config.json"
 PHD_ARCHITECTURE = "PhdForCausalLM"
@@ -153,8 +155,33 @@ def native_architecture(cfg) -> str | None:
   return None
 
 
-def hf_config(cfg, spec: PHDSpec, name: str, *, max_positions: int, dtype: str) -> dict:
-  """config.json of architecture `name` for a ModelConfig and PHD variant."""
+def gate_input(hf_config: dict, where: str = CONFIG_FILE) -> str | None:
+  """What the PLT gates of a config.json's layers read ("query" or "hidden"); None when
+  its layers have no gates (any model but a PLT variant with a window)."""
+  if architecture(hf_config, where) != PHD_ARCHITECTURE:
+    return None
+  window = hf_config.get("plt_window") or 0
+  if isinstance(window, bool) or not isinstance(window, int) or window < 0:
+    raise ValueError(f"{where}: plt_window={window!r} is not a count of tokens")
+  if _count(hf_config, "plt_num_loops", where, default=1) == 1 or window == 0:
+    return None
+  return "hidden" if hf_config.get("plt_gate_use_hidden_states") else "query"
+
+
+def _variant_fields(spec: PHDSpec | PLTSpec) -> dict:
+  """PhdConfig's fields of the variant (configuration_phd.py)."""
+  if isinstance(spec, PLTSpec):
+    return dict(plt_num_loops=spec.loops, plt_window=spec.window,
+                plt_gate_use_hidden_states=spec.gate == "hidden",
+                plt_emb_scale=spec.emb_scale, plt_hidden_scale=spec.hidden_scale,
+                plt_normalize_per_loop=spec.norm_per_loop)
+  return dict(phd_k=spec.k, phd_window=spec.window, phd_chunk=spec.chunk,
+              phd_window_unit=spec.window_unit, phd_positions=spec.positions)
+
+
+def hf_config(cfg, spec: PHDSpec | PLTSpec, name: str, *, max_positions: int,
+              dtype: str) -> dict:
+  """config.json of architecture `name` for a ModelConfig and variant."""
   config = dict(
       architectures=[name], vocab_size=cfg.vocab_size, hidden_size=cfg.d_model,
       intermediate_size=cfg.mlp_dim, num_hidden_layers=cfg.num_layers,
@@ -167,9 +194,7 @@ def hf_config(cfg, spec: PHDSpec, name: str, *, max_positions: int, dtype: str) 
   if name == PHD_ARCHITECTURE:
     config.update(
         model_type="phd", norm_style=cfg.norm_style, qk_norm=cfg.qk_norm,
-        qk_norm_per_head=cfg.qk_norm_per_head, phd_k=spec.k, phd_window=spec.window,
-        phd_chunk=spec.chunk, phd_window_unit=spec.window_unit, phd_positions=spec.positions,
-        phd_variant=spec.name,
+        qk_norm_per_head=cfg.qk_norm_per_head, **_variant_fields(spec), phd_variant=spec.name,
         auto_map={"AutoConfig": "configuration_phd.PhdConfig",
                   "AutoModelForCausalLM": "modeling_phd.PhdForCausalLM"})
   else:
@@ -192,8 +217,9 @@ class Tensor:
   transposed: bool
 
 
-def tensors(cfg) -> list[Tensor]:
-  """Every parameter of a ModelConfig with its HF name, per layer, in checkpoint order."""
+def tensors(cfg, gate: str | None = None) -> list[Tensor]:
+  """Every parameter of a ModelConfig with its HF name, per layer, in checkpoint order;
+  `gate`: what the layers' PLT gates read ("query", "hidden"), None without gates."""
   D, H, G, Dh, F, V = (cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
                        cfg.mlp_dim, cfg.vocab_size)
   out = [Tensor(("embed", "table"), "model.embed_tokens.weight", (V, D), (V, D), False)]
@@ -214,6 +240,14 @@ def tensors(cfg) -> list[Tensor]:
           Tensor((*p, "attn", "k_norm", "scale"), a + "self_attn.k_norm.weight", k_shape,
                  (math.prod(k_shape),), False),
       ]
+    if gate is not None:  # named as in the released PLT model
+      g, hf_gate = (*p, "attn", "gate"), a + "self_attn.plt_gate."
+      if gate == "hidden":  # a Linear's [H, D] (ours transposed) after the gate's own norm
+        out += [Tensor((*g, "weight"), hf_gate + "weight", (D, H), (H, D), True),
+                Tensor((*g, "norm", "scale"), hf_gate + "gate_norm.weight", (D,), (D,), False)]
+      else:  # one vector per head, [H, Dh] on both sides
+        out.append(Tensor((*g, "weight"), hf_gate + "weight", (H, Dh), (H, Dh), False))
+      out.append(Tensor((*g, "bias"), hf_gate + "bias", (H,), (H,), False))
     out += [
         Tensor((*p, "mlp", "gate"), a + "mlp.gate_proj.weight", (D, F), (F, D), True),
         Tensor((*p, "mlp", "up"), a + "mlp.up_proj.weight", (D, F), (F, D), True),

@@ -20,8 +20,14 @@ and nothing is visible across segments (`attention_mask` 0 marks padding). Posit
 in-document positions (from `position_ids`, else counted over `attention_mask`); RoPE
 gives every copy pos(p) ("shared") or K*pos(p) + a ("expanded"). Only the last copy of each
 token produces logits. Weight names and shapes are those of OLMo2 (norm_style
-"reordered") or Llama/Qwen3 ("pre"). This file imports nothing of phd_jax.
+"reordered") or Llama/Qwen3 ("pre"). With `plt_num_loops` > 1 the model is a PLT variant
+instead: the same layers run in loops (`modeling_plt.py`), and with a window every layer's
+attention also holds the gate of the later loops (`PltGate`, named as in the released PLT
+model: `self_attn.plt_gate.{weight,bias,gate_norm.weight}`). This file imports nothing of
+phd_jax.
 """
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +36,7 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .configuration_phd import PhdConfig
+from .modeling_plt import plt_hidden_states
 
 # (norm after attention or before it, norm after the MLP or before it): checkpoint names.
 NORM_NAMES = {"reordered": ("post_attention_layernorm", "post_feedforward_layernorm"),
@@ -92,6 +99,30 @@ class PhdRMSNorm(nn.Module):
     return (self.weight * x32).to(x.dtype)
 
 
+class PltGate(nn.Module):
+  """The per-head gate of a PLT layer's later loops, the global part's share in [0, 1]:
+  sigmoid(q_h . w_h + b_h) of the post-RoPE query (weight `[H, Dh]`), or with
+  `plt_gate_use_hidden_states` sigmoid(W gate_norm(x) + b) of the layer's input x (weight
+  `[H, D]`, a Linear's)."""
+
+  def __init__(self, config):
+    super().__init__()
+    self.reads_hidden = config.plt_gate_use_hidden_states
+    width = config.hidden_size if self.reads_hidden else config.head_dim
+    self.weight = nn.Parameter(torch.zeros(config.num_attention_heads, width))
+    self.bias = nn.Parameter(torch.zeros(config.num_attention_heads))
+    if self.reads_hidden:
+      self.gate_norm = PhdRMSNorm(config.hidden_size, config.rms_norm_eps)
+
+  def forward(self, q, layer_input):
+    """Gates `[B, N, H]` (float32) of the queries `q [B, N, H, Dh]` of `layer_input`."""
+    if self.reads_hidden:
+      logits = self.gate_norm(layer_input).float() @ self.weight.float().T
+    else:
+      logits = torch.einsum("bnhe,he->bnh", q.float(), self.weight.float())
+    return torch.sigmoid(logits + self.bias.float())
+
+
 class PhdAttention(nn.Module):
 
   def __init__(self, config):
@@ -106,6 +137,8 @@ class PhdAttention(nn.Module):
     if config.qk_norm:  # per head (Qwen3) or over the whole projection (OLMo2)
       self.q_norm = PhdRMSNorm(Dh if config.qk_norm_per_head else H * Dh, config.rms_norm_eps)
       self.k_norm = PhdRMSNorm(Dh if config.qk_norm_per_head else G * Dh, config.rms_norm_eps)
+    if config.plt_num_loops > 1 and config.plt_window:  # mixes a PLT layer's two parts
+      self.plt_gate = PltGate(config)
 
   def _project(self, x, proj, norm, heads):
     B, N, _ = x.shape
@@ -117,19 +150,30 @@ class PhdAttention(nn.Module):
       y = norm(y)
     return y
 
-  def forward(self, x, rope_positions, mask):
+  def qkv(self, x, rope_positions):
+    """Queries `[B, N, H, Dh]`, keys and values `[B, N, G, Dh]` of `x [B, N, D]`."""
     B, N, _ = x.shape
     q_norm, k_norm = (self.q_norm, self.k_norm) if self.config.qk_norm else (None, None)
     q = rope(self._project(x, self.q_proj, q_norm, self.heads), rope_positions,
              self.config.rope_theta)
     k = rope(self._project(x, self.k_proj, k_norm, self.kv_heads), rope_positions,
              self.config.rope_theta)
-    v = self.v_proj(x).view(B, N, self.kv_heads, self.head_dim)
+    return q, k, self.v_proj(x).view(B, N, self.kv_heads, self.head_dim)
+
+  def attend(self, q, k, v, mask):
+    """Softmax attention `[B, N, H, Dh]` of q over k, v where the boolean `mask [B, N, S]`
+    allows."""
     groups = self.heads // self.kv_heads  # query head h reads key/value head h // groups
     k, v = (t.repeat_interleave(groups, dim=2) for t in (k, v))
     o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                        attn_mask=mask[:, None])
-    return self.o_proj(o.transpose(1, 2).reshape(B, N, -1))
+    return o.transpose(1, 2)
+
+  def forward(self, x, rope_positions, attend):
+    """`attend(q, k, v) -> [B, N, H, Dh]` is the attention proper: `self.attend` under the
+    PHD mask, or a PLT loop's (modeling_plt.py)."""
+    B, N, _ = x.shape
+    return self.o_proj(attend(*self.qkv(x, rope_positions)).reshape(B, N, -1))
 
 
 class PhdMLP(nn.Module):
@@ -155,12 +199,12 @@ class PhdDecoderLayer(nn.Module):
     for name in NORM_NAMES[config.norm_style]:
       setattr(self, name, PhdRMSNorm(config.hidden_size, config.rms_norm_eps))
 
-  def forward(self, x, rope_positions, mask):
+  def forward(self, x, rope_positions, attend):
     attn_norm, mlp_norm = getattr(self, self.attn_norm_name), getattr(self, self.mlp_norm_name)
     if self.reordered:  # OLMo2: x + norm(f(x))
-      x = x + attn_norm(self.self_attn(x, rope_positions, mask))
+      x = x + attn_norm(self.self_attn(x, rope_positions, attend))
       return x + mlp_norm(self.mlp(x))
-    x = x + self.self_attn(attn_norm(x), rope_positions, mask)  # Llama: x + f(norm(x))
+    x = x + self.self_attn(attn_norm(x), rope_positions, attend)  # Llama: x + f(norm(x))
     return x + self.mlp(mlp_norm(x))
 
 
@@ -187,7 +231,7 @@ class PhdModel(PhdPreTrainedModel):
     self.embed_tokens = value
 
   def forward(self, input_ids, attention_mask=None, position_ids=None):
-    """Final-normed hidden states of the last copy of every token, `[B, T, D]`."""
+    """Final-normed hidden states of the last copy (PLT: loop) of every token, `[B, T, D]`."""
     B, T = input_ids.shape
     K = self.config.phd_k
     if attention_mask is None:
@@ -195,11 +239,13 @@ class PhdModel(PhdPreTrainedModel):
     segment_ids = attention_mask.long()
     if position_ids is None:  # in-document positions; left padding shifts nothing
       position_ids = (segment_ids.cumsum(-1) - 1).clamp(min=0)
+    if self.config.plt_num_loops > 1:
+      return plt_hidden_states(self, input_ids, segment_ids, position_ids)
     mask = phd_mask(self.config, segment_ids, position_ids)
     rope_positions = copy_positions(self.config, position_ids)
     x = self.embed_tokens(input_ids).repeat_interleave(K, dim=1)  # [B, T*K, D]
     for layer in self.layers:
-      x = layer(x, rope_positions, mask)
+      x = layer(x, rope_positions, functools.partial(layer.self_attn.attend, mask=mask))
     return self.norm(x.view(B, T, K, -1)[:, :, -1])
 
 
@@ -230,7 +276,7 @@ class PhdForCausalLM(PhdPreTrainedModel, GenerationMixin):
 
   def forward(self, input_ids=None, attention_mask=None, position_ids=None, labels=None,
               **kwargs):
-    """Logits `[B, T, V]` (float32) from the last copy of every token; with `labels`, also
+    """Logits `[B, T, V]` (float32) from the last copy (loop) of every token; with `labels`, also
     the mean next-token cross-entropy (labels shifted inside, -100 ignored)."""
     hidden = self.model(input_ids, attention_mask, position_ids)
     logits = self.lm_head(hidden).float()
