@@ -14,6 +14,17 @@ The 1-layer model is the base: Vanilla with 2 and 3 layers spends 2x and 3x its 
 per token in depth, PHD-K spends it in K copies of every token. Pre-norm without QK-norm:
 with the OLMo2 norms a 2-layer Vanilla was still at chance after 1,500 steps.
 All values are ours.
+
+Loops against copies: PLT-2-4 and PLT-3-4 run the 1-layer block 2 and 3 times (a later
+loop reads the previous loop's output of the previous token, so loops add serial steps
+that copies do not), beside PHD-CSWA-2/-3 and the deeper Vanillas; PLT variants take the
+released checkpoint's cross-loop settings (`defaults.released_plt_settings`).
+
+  python -m phd_jax.sweep --config=configs/mechanism.py --workdir=DIR --seeds=0,1 \
+      --variants=Vanilla,Vanilla@model.num_layers=2,Vanilla@model.num_layers=3,\
+PHD-CSWA-2-4-8,PHD-CSWA-3-4-8,PLT-2-4,PLT-3-4
+  python -m phd_jax.eval.chase DIR/*/seed* --batches=32
+  python -m phd_jax.compare DIR --output_dir=docs --name=loops_mechanism
 """
 
 from phd_jax import defaults
@@ -45,4 +56,4 @@ def get_config(variant=None):
   c.data.chase_nodes = 8
   c.data.chase_hops = 1
   c.data.chase_table = "marked"
-  return c
+  return defaults.released_plt_settings(c)

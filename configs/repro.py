@@ -23,6 +23,17 @@ Vanilla@model.d_model=112@model.head_dim=28@model.mlp_dim=336,\
 Vanilla@model.num_layers=8@model.d_model=80@model.head_dim=20@model.mlp_dim=240
   python -m phd_jax.compare DIR --output_dir=docs --name=frontier \
       --x=train_flops,inference_memory,decode_flops
+
+Parallel copies or parallel loops? PLT-2-4 and PLT-3-4 (the same 4 blocks run 2 and 3
+times; loop 0's KV cache only; a 4-token window within each later loop, like PHD's W = 4)
+against PHD-CSWA-2 and -3 at the same original tokens. PLT variants take the released
+checkpoint's cross-loop settings (`defaults.released_plt_settings`), chosen before these
+runs: with the configuration class's a = b = 1 a small PLT learned far more slowly in a
+40-step check.
+
+  python -m phd_jax.sweep --config=configs/repro.py --workdir=DIR --seeds=0,1 \
+      --variants=Vanilla,PHD-CSWA-2-4-8,PHD-CSWA-3-4-8,PLT-2-4,PLT-3-4
+  python -m phd_jax.compare DIR --output_dir=docs --name=loops_repro
 """
 
 from phd_jax import defaults
@@ -49,4 +60,4 @@ def get_config(variant=None):
   c.optim.weight_decay = 0.1
   c.checkpoint.every = 100
   c.data.source = "stdlib"
-  return c
+  return defaults.released_plt_settings(c)

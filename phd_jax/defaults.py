@@ -116,6 +116,16 @@ def get_config(variant=None):
   return c
 
 
+def released_plt_settings(c):
+  """A PLT variant's `phd.plt_*` as the released LoopCoder checkpoint was trained (its
+  config: a = plt_emb_scale 0.707, b = plt_hidden_scale 0.053, the gate read from the normed
+  hidden state), where get_config keeps the configuration class's defaults (a = b = 1, the
+  query gate). Any other variant is left as it is."""
+  if c.phd.variant.strip().upper().startswith("PLT"):
+    c.phd.update(plt_emb_scale=0.707, plt_hidden_scale=0.053, plt_gate="hidden")
+  return c
+
+
 def paper_scale(c, *, d_model, num_layers, num_heads, num_kv_heads, head_dim, mlp_dim,
                 batch_size, num_steps, lr):
   """The settings every paper-sized config shares (OLMo2 recipe, ours where the paper is

@@ -136,7 +136,7 @@ def inference_cost(config, context: int) -> dict | str:
     hidden = decode.hidden_prefill_tokens(spec, [context], cfg.num_layers)
   except (ValueError, AttributeError, TypeError, KeyError) as e:
     return f"config.json: {e}"
-  return {"parameters": flops.parameter_count(cfg),
+  return {"parameters": flops.parameter_count(cfg, spec),
           "kv_bytes_per_token": flops.kv_bytes_per_token(cfg),
           "hidden_window_bytes": flops.hidden_window_bytes(cfg, spec),
           "decode_flops": flops.decode_flops(cfg, spec, context),

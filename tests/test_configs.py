@@ -27,12 +27,20 @@ def count_params(cfg):
 
 @pytest.mark.parametrize("name", CONFIG_FILES)
 @pytest.mark.parametrize("variant", [None, "Vanilla", "PHD-3", "PHD-SWA-2-16-inf",
-                                     "PHD-CSWA-3-16-32"])
+                                     "PHD-CSWA-3-16-32", "PLT-2-16"])
 def test_every_config_validates(name, variant):
   cfg = load(name, variant)
   config_lib.validate(cfg, files=False)  # every setting as shipped; the data may be absent
   if variant:
     assert cfg.phd.variant == variant
+
+
+@pytest.mark.parametrize("name", ["repro", "mechanism"])
+def test_the_loop_experiments_train_plt_as_released_and_leave_phd_alone(name):
+  plt = config_lib.phd_spec(load(name, "PLT-2-4"))
+  assert (plt.emb_scale, plt.hidden_scale, plt.gate) == (0.707, 0.053, "hidden")
+  for variant in ("Vanilla", "PHD-CSWA-2-4-8"):  # their configs as before PLT existed
+    assert load(name, variant).phd.to_dict() == load("tiny", variant).phd.to_dict()
 
 
 def test_path_with_variant_suffix_equals_variant_argument():
