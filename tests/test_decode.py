@@ -12,37 +12,18 @@ from phd_jax import checkpoint, data, decode, generate, masks, sharding
 from phd_jax import config as config_lib
 from phd_jax.decode import engine
 from phd_jax.masks import parse_variant
-from phd_jax.model import Attention, ModelConfig, Transformer
+from phd_jax.model import Attention, Transformer
+
+from decode_helpers import (CFG, assert_prefill_and_steps_equal_forward, brute_force_greedy,
+                            full_prefill, random_tokens, training_logits)
 from run_helpers import tiny_config
 from tier_helpers import one_fast
-
-CFG = ModelConfig(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
-                  head_dim=8, mlp_dim=64, rope_theta=10_000.0)
 
 
 def make_model(variant, window_unit="tokens", positions="shared", seed=0, scan_layers=True):
   spec = parse_variant(variant, window_unit=window_unit, positions=positions)
   cfg = dataclasses.replace(CFG, scan_layers=scan_layers)
   return Transformer(cfg, spec, rngs=nnx.Rngs(seed))
-
-
-def random_tokens(seed, *lengths):
-  rng = np.random.default_rng(seed)
-  return [rng.integers(1, CFG.vocab_size, n).tolist() for n in lengths]
-
-
-def training_logits(model, sequences):
-  """Final-copy logits `[B, T, V]` of the training forward (rows right-padded, segment 0)."""
-  tokens_BT = np.zeros((len(sequences), max(map(len, sequences))), np.int32)
-  segment_ids_BT = np.zeros_like(tokens_BT)
-  for row, sequence in enumerate(sequences):
-    tokens_BT[row, :len(sequence)], segment_ids_BT[row, :len(sequence)] = sequence, 1
-  return np.asarray(_training_forward(model, tokens_BT, segment_ids_BT))
-
-
-@nnx.jit
-def _training_forward(model, tokens_BT, segment_ids_BT):
-  return model(tokens_BT, segment_ids_BT)
 
 
 # (variant, window_unit, positions, scan_layers). Windows cross token boundaries (W not a
@@ -70,20 +51,8 @@ CASES = [(*case, True) for case in [
 def test_prefill_and_steps_equal_training_forward(variant, window_unit, positions,
                                                   scan_layers):
   model = make_model(variant, window_unit, positions, scan_layers=scan_layers)
-  prompt_lengths, steps = (7, 1, 5), 8
-  sequences = random_tokens(1, *(n + steps for n in prompt_lengths))
-  decoder = decode.Decoder(model)
-  logits_BV, cache = decoder.prefill([s[:n] for s, n in zip(sequences, prompt_lengths)],
-                                     cache_len=16, max_new_tokens=steps + 1)
-  got = [logits_BV]
-  for i in range(steps):
-    logits_BV, cache = decoder.step(cache, [s[n + i] for s, n in zip(sequences, prompt_lengths)])
-    got.append(logits_BV)
-  got_BSV = np.stack(got, axis=1)
-  want_BTV = training_logits(model, sequences)
-  for row, n in enumerate(prompt_lengths):
-    np.testing.assert_allclose(got_BSV[row], want_BTV[row, n - 1:n + steps], atol=1e-5,
-                               rtol=1e-5)
+  assert_prefill_and_steps_equal_forward(model, prompt_lengths=(7, 1, 5), steps=8,
+                                         cache_len=16)
 
 
 @pytest.mark.slow
@@ -199,13 +168,6 @@ def test_swa_hidden_tokens_is_what_the_mask_reaches(k, window, unit, num_layers)
                     num_layers * (k - 1) + 1)
 
 
-def full_prefill(decoder, prompts, cache_len):
-  """The paper's SWA prefill: every prompt token's hidden copies."""
-  laid, _ = decoder.layout(prompts, 1, cache_len)
-  return engine._prefill_jit(decoder.graphdef, decoder.state, None, laid.first_slot_B,
-                             cache_len, laid.tokens_BT.shape[1], laid.tokens_BT)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("variant,window_unit,positions",
                          [case[:3] for case in CASES if "SWA" in case[0] and case[3]])
@@ -262,15 +224,6 @@ def test_kv_cache_bytes(variant, window_unit, hidden_entries):
   assert got["hidden_window"] == 3 * hidden_entries * per_entry
   assert got["total"] == got["originals"] + got["hidden_window"] + got["bookkeeping"]
   assert got["bookkeeping"] < 1000  # row offsets and window positions only
-
-
-def brute_force_greedy(model, prompt, steps):
-  """Argmax continuation, one training forward per new token (no cache)."""
-  tokens = list(prompt)
-  for _ in range(steps):  # right padding to a fixed length: causal, so it changes nothing
-    padded = tokens + [0] * (len(prompt) + steps - len(tokens))
-    tokens.append(int(np.argmax(training_logits(model, [padded])[0, len(tokens) - 1])))
-  return tokens[len(prompt):]
 
 
 @pytest.mark.slow

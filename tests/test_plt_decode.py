@@ -16,8 +16,9 @@ from phd_jax.decode import engine
 from phd_jax.masks import parse_variant
 from phd_jax.model import Attention
 from phd_jax.plt import PLTTransformer
+from decode_helpers import (CFG, assert_prefill_and_steps_equal_forward, brute_force_greedy,
+                            full_prefill, random_tokens)
 from run_helpers import tiny_config
-from test_decode import CFG, brute_force_greedy, full_prefill, random_tokens, training_logits
 from test_plt import randomize_gates
 
 
@@ -40,20 +41,8 @@ CASES = [("PLT-2-3", {}, True),
 @pytest.mark.parametrize("variant,settings,scan_layers", CASES)
 def test_prefill_and_steps_equal_training_forward(variant, settings, scan_layers):
   model = make_model(variant, scan_layers, **settings)
-  prompt_lengths, steps = (14, 1, 9), 8
-  sequences = random_tokens(1, *(n + steps for n in prompt_lengths))
-  decoder = decode.Decoder(model)
-  logits_BV, cache = decoder.prefill([s[:n] for s, n in zip(sequences, prompt_lengths)],
-                                     cache_len=24, max_new_tokens=steps + 1)
-  got = [logits_BV]
-  for i in range(steps):
-    logits_BV, cache = decoder.step(cache, [s[n + i] for s, n in zip(sequences, prompt_lengths)])
-    got.append(logits_BV)
-  got_BSV = np.stack(got, axis=1)
-  want_BTV = training_logits(model, sequences)
-  for row, n in enumerate(prompt_lengths):
-    np.testing.assert_allclose(got_BSV[row], want_BTV[row, n - 1:n + steps], atol=1e-5,
-                               rtol=1e-5)
+  assert_prefill_and_steps_equal_forward(model, prompt_lengths=(14, 1, 9), steps=8,
+                                         cache_len=24)
 
 
 @pytest.mark.slow
