@@ -1,5 +1,5 @@
 """What the benches share: config files by name, one set of random parameters viewed as any
-variant, a decoding step to time, timing in turns, and comma-separated integer flags.
+variant (PHD or PLT), a decoding step to time, timing in turns, and comma-separated integer flags.
 
 Every bench runs as `python bench/NAME.py` from the repository root with the package
 installed; Python puts bench/ first on the module path, so the scripts import this module
@@ -18,8 +18,9 @@ from flax import nnx
 
 from phd_jax import config as config_lib
 from phd_jax import decode
-from phd_jax.masks import PHDSpec
+from phd_jax.masks import PHDSpec, PLTSpec
 from phd_jax.model import Transformer
+from phd_jax.plt import PLTTransformer
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,20 +44,31 @@ def ints(text: str) -> list[int]:
 
 
 class SharedParams:
-  """One set of random parameters, viewed as a model of any variant (K adds no weights)."""
+  """One set of random parameters, viewed as a model of any variant (K and loops add no
+  weights; a gated PLT's gates, which it adds, are fresh random ones)."""
 
   def __init__(self, config):
     self.cfg = config_lib.model_config(config)
     self.state = nnx.state(Transformer(self.cfg, PHDSpec(), rngs=nnx.Rngs(0)))
     self.count = sum(x.size for x in jax.tree.leaves(self.state))
 
-  def decoder(self, spec: PHDSpec, prompt_buckets=decode.POWERS_OF_TWO) -> decode.Decoder:
-    shape = nnx.eval_shape(lambda: Transformer(self.cfg, spec, rngs=nnx.Rngs(0)))
-    return decode.Decoder(nnx.merge(nnx.graphdef(shape), self.state),
-                          prompt_buckets=prompt_buckets)
+  def model(self, spec: PHDSpec | PLTSpec) -> Transformer:
+    """These parameters as a model of `spec` (a PLT's: the looped subclass)."""
+    model_class = PLTTransformer if isinstance(spec, PLTSpec) else Transformer
+    new = lambda: model_class(self.cfg, spec, rngs=nnx.Rngs(0))
+    if isinstance(spec, PLTSpec) and spec.gated:  # gates this state lacks: build, then share
+      model = new()
+      nnx.update(model, self.state)
+      return model
+    return nnx.merge(nnx.graphdef(nnx.eval_shape(new)), self.state)
+
+  def decoder(self, spec: PHDSpec | PLTSpec,
+              prompt_buckets=decode.POWERS_OF_TWO) -> decode.Decoder:
+    return decode.Decoder(self.model(spec), prompt_buckets=prompt_buckets)
 
 
-def decode_step(params: SharedParams, spec: PHDSpec, batch: int, context: int, calls: int):
+def decode_step(params: SharedParams, spec: PHDSpec | PLTSpec, batch: int, context: int,
+                calls: int):
   """A function that runs one decoding step per call (up to `calls` calls) for `batch` rows
   with `context` tokens cached, and returns the logits."""
   decoder = params.decoder(spec)

@@ -1,4 +1,4 @@
-"""Training step time and throughput of PHD variants against Vanilla.
+"""Training step time and throughput of PHD and PLT variants against Vanilla.
 
   python bench/train_step.py                      # CPU-sized defaults (a few minutes)
   python bench/train_step.py --d_model=1536 --layers=16 --heads=16 --kv_heads=4 \\
@@ -8,11 +8,14 @@
 The whole jitted train step of `phd_jax.train` (forward, backward, AdamW update) on one
 fixed synthetic batch, over all devices. Each row: median step time over --steps steps
 after a compiling warm-up (the variants of one T take their steps in turns), original
-tokens/s and copies/s (K x), model FLOP/s (and MFU where the chip's peak is known),
-`x van` = step time / Vanilla's at the same T, and `/ K van` = step time / (K x Vanilla's):
-1.0 means the K copies cost exactly K times a vanilla step (the FLOPs ratio); below 1,
-fixed costs (optimizer update, embedding, the output layer on the final copy only) are
-shared.
+tokens/s and copies/s (K x; a PLT-L-W's K is its L loops, each token's rows through the
+blocks), model FLOP/s (and MFU where the chip's peak is known), `x van` = step time /
+Vanilla's at the same T, `FLOP x` = the variant's training FLOPs / Vanilla's
+(`flops.flops_per_sequence`: the work it must do), and `/ K van` = step time / (K x
+Vanilla's): 1.0 means the K copies cost exactly K times a vanilla step; below 1, fixed
+costs (optimizer update, embedding, the output layer on the final copy only) are shared.
+`x van` near `FLOP x` means a variant runs as fast as its FLOPs allow. The default
+variants put PLT-K-16 (the window of the PHD-CSWA-K-16-32 beside it) next to each K.
 """
 
 from __future__ import annotations
@@ -65,8 +68,9 @@ def step_seconds(configs, steps: int) -> list[float]:
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--variants", default="Vanilla,PHD-CSWA-2-16-32,PHD-CSWA-3-16-32,"
-                 "PHD-CSWA-4-16-32", help="comma-separated; Vanilla is the baseline")
+  p.add_argument("--variants", default="Vanilla,PHD-CSWA-2-16-32,PLT-2-16,PHD-CSWA-3-16-32,"
+                 "PLT-3-16,PHD-CSWA-4-16-32,PLT-4-16",
+                 help="comma-separated; Vanilla is the baseline")
   p.add_argument("--seq_lens", default="512,2048")
   p.add_argument("--batch", type=int, default=1, help="global sequences per step")
   p.add_argument("--microbatches", type=int, default=1)
@@ -93,21 +97,24 @@ def main(argv=None):
         f"{args.batch}, {args.dtype}, remat {args.remat}, attention {args.impl}, "
         f"{len(devices)} x {devices[0].device_kind}, median of {args.steps} steps")
   header = (f"{'T':>5} {'variant':<18} {'K':>2} {'step ms':>9} {'tokens/s':>10} "
-            f"{'copies/s':>10} {'x van':>6} {'/ K van':>7} {'TFLOP/s':>8} {'MFU':>6}")
+            f"{'copies/s':>10} {'x van':>6} {'FLOP x':>6} {'/ K van':>7} {'TFLOP/s':>8} "
+            f"{'MFU':>6}")
   print(header + "\n" + "-" * len(header))
   for seq_len in ints(args.seq_lens):
     configs = [make_config(args, variant, seq_len) for variant in variants]
     times = step_seconds(configs, args.steps)
     vanilla = times[0]
-    for config, seconds in zip(configs, times):
-      spec = config_lib.phd_spec(config)
+    specs = [config_lib.phd_spec(c) for c in configs]
+    work = [flops.flops_per_sequence(config_lib.model_config(c), spec, seq_len)
+            for c, spec in zip(configs, specs)]
+    for spec, seconds, sequence_flops in zip(specs, times, work):
       tokens = args.batch * seq_len / seconds
-      flops_per_s = args.batch * flops.flops_per_sequence(config_lib.model_config(config), spec,
-                                                          seq_len) / seconds
+      flops_per_s = args.batch * sequence_flops / seconds
       mfu = f"{flops_per_s / (peak * len(devices)):6.1%}" if peak else f"{'-':>6}"
       print(f"{seq_len:>5} {spec.name:<18} {spec.k:>2} {seconds * 1e3:>9.1f} {tokens:>10,.0f} "
             f"{tokens * spec.k:>10,.0f} {seconds / vanilla:>6.2f} "
-            f"{seconds / (spec.k * vanilla):>7.2f} {flops_per_s / 1e12:>8.3f} {mfu}", flush=True)
+            f"{sequence_flops / work[0]:>6.2f} {seconds / (spec.k * vanilla):>7.2f} "
+            f"{flops_per_s / 1e12:>8.3f} {mfu}", flush=True)
 
 
 if __name__ == "__main__":
