@@ -106,5 +106,5 @@ def loop_attention(impl: str, q_BT1HDh, k_BT1GDh, v_BT1GDh, k0_BT1GDh, v0_BT1GDh
                               positions_BT)
   if not spec.gated:
     return o
-  return gated_mix(o, local_attention(q_BT1HDh, k_BT1GDh, v_BT1GDh, spec.window, segment_ids_BT),
-              gate_BT1H)
+  o_local = local_attention(q_BT1HDh, k_BT1GDh, v_BT1GDh, spec.window, segment_ids_BT)
+  return gated_mix(o, o_local, gate_BT1H)
