@@ -14,7 +14,8 @@ Parts, in order, each row written to DIR/device_check.{json,md} as soon as it is
    masked scores, float32, [B, T, N]) that the log-sum-exp merge of split.py relies on.
 2. training: the trainer's jitted step (forward, backward, AdamW) of configs/olmo2_151m.py
    and configs/olmo2_1b.py (bfloat16, their full remat) on random packed batches, for
-   Vanilla, PHD-CSWA-2-16-32 and PHD-CSWA-3-16-32, attention `auto` then `structured`:
+   Vanilla, PHD-CSWA-2-16-32, PHD-CSWA-3-16-32 and PLT-3-16 (3 loops: PHD-3's compute in
+   depth), attention `auto` then `structured`:
    median step time after warm-up steps, tokens/s, MFU from the K-aware FLOP count the
    trainer logs, and each step's ratio to K x the Vanilla step of the same model and impl.
 3. inference (configs/olmo2_550m.py, the paper's latency model): decode ms per token at
@@ -72,7 +73,7 @@ from harness import Budget, RowRunner
 
 EXACT_CASES = (("Vanilla", True), ("PHD-2", True), ("PHD-SWA-3-16-inf", True),
                ("PHD-CSWA-3-16-32", True), ("PHD-CSWA-3-16-32", False))  # (variant, packed)
-TRAIN_VARIANTS = ("Vanilla", "PHD-CSWA-2-16-32", "PHD-CSWA-3-16-32")
+TRAIN_VARIANTS = ("Vanilla", "PHD-CSWA-2-16-32", "PHD-CSWA-3-16-32", "PLT-3-16")  # [::2]: smoke
 SHARES = {"exactness": 0.2, "training": 0.6, "inference": 1.0}  # of the time left
 # First-of-a-kind cost guesses (s): device, smoke. Later rows use the measured ones.
 PRIORS = {"exact": (20, 2), "lse": (10, 1), "train": (90, 6), "decode": (20, 2),

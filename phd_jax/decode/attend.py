@@ -69,22 +69,33 @@ def cached_attention(layer: LayerCache, limit: int, masks_BQM, q_BNCHDh, k_BNCGD
 
 
 def attend_parts(q_BNCHDh, parts, masks_BQM, dtype):
-  """Grouped-query attention of the new rows over key parts [(keys, values) `[B, M, G,
-  Dh]`] under their masks `[B, N*C, M]`, in `dtype`.
+  """Grouped-query attention of the new rows over key parts [(keys, values)] under their
+  masks `[B, N*C, M]`, in `dtype`. A part's keys are `[B, M, G, Dh]`, read by every row, or
+  `[B, M, C, G, Dh]`, row c reading only its own M keys `[:, :, c]` (PLT: a loop's window).
 
   One softmax over all keys, computed per key part (a joint max and sum) so that the
   cache is read in place rather than copied into a concatenation every step.
   """
   B, N, C, H, Dh = q_BNCHDh.shape
-  G = parts[0][0].shape[2]
-  q_BQGRDh = q_BNCHDh.reshape(B, N * C, G, H // G, Dh)
-  scores = [jnp.where(mask[:, None, None], jnp.einsum(
-      "bqgrd,bsgd->bgrqs", q_BQGRDh, k.astype(q_BQGRDh.dtype),
-      preferred_element_type=jnp.float32) * Dh**-0.5, MASKED)
+  G = parts[0][0].shape[-2]
+  q_BNCGRDh = q_BNCHDh.reshape(B, N, C, G, H // G, Dh)
+
+  def scores(k):
+    k = k.astype(q_BNCGRDh.dtype)
+    s = (jnp.einsum("bncgrd,bscgd->bgrncs", q_BNCGRDh, k, preferred_element_type=jnp.float32)
+         if k.ndim == 5 else jnp.einsum("bncgrd,bsgd->bgrncs", q_BNCGRDh, k,
+                                        preferred_element_type=jnp.float32))
+    return s.reshape(B, G, H // G, N * C, -1) * Dh**-0.5
+
+  def weighted(p_BGRQM, v):
+    p = p_BGRQM.reshape(B, G, H // G, N, C, -1).astype(dtype)
+    return jnp.einsum("bgrncs,bscgd->bncgrd" if v.ndim == 5 else "bgrncs,bsgd->bncgrd", p,
+                      v.astype(dtype))
+
+  masked = [jnp.where(mask[:, None, None], scores(k), MASKED)
             for (k, _), mask in zip(parts, masks_BQM)]
-  top = functools.reduce(jnp.maximum, [s.max(-1) for s in scores])
-  exps = [jnp.exp(s - top[..., None]) for s in scores]
+  top = functools.reduce(jnp.maximum, [s.max(-1) for s in masked])
+  exps = [jnp.exp(s - top[..., None]) for s in masked]
   inv_total = 1.0 / sum(e.sum(-1) for e in exps)[..., None]
-  out = sum(jnp.einsum("bgrqs,bsgd->bqgrd", (e * inv_total).astype(dtype), v.astype(dtype))
-            for e, (_, v) in zip(exps, parts))
+  out = sum(weighted(e * inv_total, v) for e, (_, v) in zip(exps, parts))
   return out.reshape(B, N, C, H, Dh)
