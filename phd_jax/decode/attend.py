@@ -80,17 +80,16 @@ def attend_parts(q_BNCHDh, parts, masks_BQM, dtype):
   G = parts[0][0].shape[-2]
   q_BNCGRDh = q_BNCHDh.reshape(B, N, C, G, H // G, Dh)
 
+  kv_axes = lambda x: "bscgd" if x.ndim == 5 else "bsgd"  # per row, or shared
+
   def scores(k):
-    k = k.astype(q_BNCGRDh.dtype)
-    s = (jnp.einsum("bncgrd,bscgd->bgrncs", q_BNCGRDh, k, preferred_element_type=jnp.float32)
-         if k.ndim == 5 else jnp.einsum("bncgrd,bsgd->bgrncs", q_BNCGRDh, k,
-                                        preferred_element_type=jnp.float32))
+    s = jnp.einsum(f"bncgrd,{kv_axes(k)}->bgrncs", q_BNCGRDh, k.astype(q_BNCGRDh.dtype),
+                   preferred_element_type=jnp.float32)
     return s.reshape(B, G, H // G, N * C, -1) * Dh**-0.5
 
   def weighted(p_BGRQM, v):
     p = p_BGRQM.reshape(B, G, H // G, N, C, -1).astype(dtype)
-    return jnp.einsum("bgrncs,bscgd->bncgrd" if v.ndim == 5 else "bgrncs,bsgd->bncgrd", p,
-                      v.astype(dtype))
+    return jnp.einsum(f"bgrncs,{kv_axes(v)}->bncgrd", p, v.astype(dtype))
 
   masked = [jnp.where(mask[:, None, None], scores(k), MASKED)
             for (k, _), mask in zip(parts, masks_BQM)]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from phd_jax.attention.loops import gated_mix
 from phd_jax.decode.attend import attend_parts, cached_masks, key_parts
@@ -34,24 +35,63 @@ from phd_jax.plt import shift_to_next_token
 
 
 def _blocks(model, cache: Cache, x_BNCD, start, limit: int, positions_BN, real_BN, loop_C):
-  """The blocks on rows `x` of N new tokens (row c in loop `loop_C[c]`) over the cache's
-  first `limit` slots (those below `start` filled): (`[B, N, C, D]`, their K and V
-  `[L, B, N, C, G, Dh]`)."""
+  """The blocks on rows `x` of N new tokens (row c in loop `loop_C[c]`, numpy, loop 0's
+  row first if any) over the cache's first `limit` slots (those below `start` filled):
+  (`[B, N, C, D]`, their K and V `[L, B, N, C, G, Dh]`). A cache with a window needs a
+  row per loop (a step): each later row reads its own loop's window entries only."""
   spec = model.spec
-  masks = [cached_masks(spec, cache, start, limit, positions_BN, real_BN, loop_C,
-                        lambda *a, part=part: plt_visible(spec, *a)[part])
-           for part in (0, 1)]  # [cache, window (if any), new rows] of each softmax
-  later_C = loop_C > 0
+  later = int(loop_C[0] == 0)  # the first later loop's row: only they have local keys
+  global_masks = cached_masks(spec, cache.replace(window=None), start, limit, positions_BN,
+                              real_BN, loop_C, lambda *a: plt_visible(spec, *a)[0])
+  # Global keys are loop 0's: without its row, the new rows' part is all masked, a
+  # compile-time constant that XLA would fold (slowly) on the host, so it is left out.
+  global_masks = global_masks[:1 + later]
+  later_loops = spec.loops - 1
+  local_rule = lambda *a: plt_visible(spec, *a)[1]
+  local_masks = cached_masks(spec, cache.replace(window=None), start, limit, positions_BN,
+                             real_BN, loop_C[later:], local_rule)[-1:]  # the new rows'
+  if cache.window is not None:
+    local_masks.insert(0, _window_masks(cache.window, later_loops, positions_BN, real_BN,
+                                        local_rule))
+  later_C = jnp.asarray(loop_C > 0)
 
   def attend(layer, q, k, v, gate=None):
     parts = key_parts(layer, limit, k, v)
-    o = attend_parts(q, [parts[0], parts[-1]], [masks[0][0], masks[0][-1]], v.dtype)
+    o = attend_parts(q, [parts[0], parts[-1]][:1 + later], global_masks, v.dtype)
     if gate is not None:  # loop 0's rows have no local keys: they keep the global part
-      o_local = attend_parts(q, parts[1:], masks[1][1:], v.dtype)
+      B, N, _, G, Dh = k.shape
+      new_rows = lambda x: x[:, :, later:].reshape(B, -1, G, Dh)
+      local = [(new_rows(k), new_rows(v))]
+      if layer.window_keys is not None:
+        local.insert(0, (_per_loop(layer.window_keys, later_loops),
+                          _per_loop(layer.window_values, later_loops)))
+      o_local = attend_parts(q[:, :, later:], local, local_masks, v.dtype)
+      o_local = jnp.pad(o_local, [(0, 0), (0, 0), (later, 0), (0, 0), (0, 0)])
       o = gated_mix(o, o_local, jnp.where(later_C.reshape(1, 1, -1, 1), gate, 1.0))
     return o, (k, v)
 
   return model.loop_states_with(attend, x_BNCD, positions_BN, cache.per_layer())
+
+
+def _per_loop(x_BE, later_loops: int):
+  """The window's entries as `[B, W-1, loops-1, ...]`: they are stored token-major, one per
+  later loop of each token (`cache.write` adds whole tokens), so [:, i, l-1] is loop l's."""
+  return x_BE.reshape(x_BE.shape[0], -1, later_loops, *x_BE.shape[2:])
+
+
+def _window_masks(window, later_loops: int, positions_BN, real_BN, rule):
+  """Masks `[B, N*(loops-1), W-1]` of the later rows (loop-minor) over their own loop's
+  window entries (`_per_loop`), under `rule`; empty entries (position -1) are never seen,
+  nor anything by padding."""
+  k_pos_BMC, k_loop_BMC = (_per_loop(x, later_loops) for x in (window.positions,
+                                                                 window.copies))
+  to_rows = lambda x_BMC: jnp.swapaxes(x_BMC, 1, 2)[:, None]  # [B, 1, C, M]
+  q_loop_C1 = jnp.arange(1, later_loops + 1)[:, None]
+  allowed_BNCM = rule(positions_BN[:, :, None, None], q_loop_C1, to_rows(k_pos_BMC),
+                      to_rows(k_loop_BMC))
+  seen_BNCM = allowed_BNCM & to_rows(k_pos_BMC >= 0) & real_BN[:, :, None, None]
+  B, N = positions_BN.shape
+  return seen_BNCM.reshape(B, N * later_loops, -1)
 
 
 def _embeddings(model, tokens_BN):
@@ -77,9 +117,12 @@ def prefill(model, cache: Cache, tokens_BT, hidden_tokens: int):
     segments_BT = new_positions(cache, 0, T)[1].astype(jnp.int32)  # 0: left padding
     h_previous_BN1D = shift_to_next_token(h_BT1D, segments_BT)[:, first:]
     carried, keys, values = [h_BT1D[:, -1]], [], []
+    # The window is still empty: leaving it out keeps its all-false mask from being a
+    # compile-time constant that XLA would fold (slowly) on the host.
+    no_window = cache.replace(window=None)
     for loop in range(1, spec.loops):
-      x_BN1D, (k, v) = _blocks(model, cache, model.loop_input(e_BN1D, h_previous_BN1D), T,
-                               T, positions_BN, real_BN, jnp.array([loop]))
+      x_BN1D, (k, v) = _blocks(model, no_window, model.loop_input(e_BN1D, h_previous_BN1D),
+                               T, T, positions_BN, real_BN, np.array([loop]))
       keys.append(k)
       values.append(v)
       if loop < spec.loops - 1:
@@ -107,7 +150,7 @@ def step(model, cache: Cache, tokens_B):
   x_B1CD = jnp.concatenate([e_B11D, model.loop_input(e_B11D, cache.loop_outputs[:, None])],
                            axis=2)
   x_B1CD, (k, v) = _blocks(model, cache, x_B1CD, start, cache.cache_len, positions_B1,
-                           real_B1, jnp.arange(spec.loops))
+                           real_B1, np.arange(spec.loops))
   cache = write(cache, start, k, v, positions_B1, real_B1)
   cache = cache.replace(loop_outputs=model.loop_output(x_B1CD[:, 0, :-1]).astype(
       cache.loop_outputs.dtype))
