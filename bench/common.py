@@ -20,7 +20,7 @@ from phd_jax import config as config_lib
 from phd_jax import decode
 from phd_jax.masks import PHDSpec, PLTSpec
 from phd_jax.model import Transformer
-from phd_jax.plt import PLTTransformer
+from phd_jax.plt import model_class
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -54,8 +54,7 @@ class SharedParams:
 
   def model(self, spec: PHDSpec | PLTSpec) -> Transformer:
     """These parameters as a model of `spec` (a PLT's: the looped subclass)."""
-    model_class = PLTTransformer if isinstance(spec, PLTSpec) else Transformer
-    new = lambda: model_class(self.cfg, spec, rngs=nnx.Rngs(0))
+    new = lambda: model_class(spec)(self.cfg, spec, rngs=nnx.Rngs(0))
     if isinstance(spec, PLTSpec) and spec.gated:  # gates this state lacks: build, then share
       model = new()
       nnx.update(model, self.state)

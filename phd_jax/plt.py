@@ -122,3 +122,9 @@ class PLTTransformer(Transformer):
     rope_positions_BNC = jnp.broadcast_to(positions_BN[..., None], x_BNCD.shape[:3])
     return self._layers(constrain(x_BNCD, ACTIVATION_BTKD), rope_positions_BNC, None,
                         positions_BN, attend, layer_inputs, inference=True)
+
+
+def model_class(spec) -> type[Transformer]:
+  """The decoder class of a variant's settings: PLTTransformer for a PLT spec, else
+  Transformer (PHD and Vanilla)."""
+  return PLTTransformer if isinstance(spec, PLTSpec) else Transformer

@@ -21,10 +21,9 @@ from jax.sharding import Mesh
 
 from phd_jax import checkpoint, sharding
 from phd_jax import config as config_lib
-from phd_jax.masks import PLTSpec
 from phd_jax.model import Transformer
 from phd_jax.optim import make_optimizer
-from phd_jax.plt import PLTTransformer
+from phd_jax.plt import model_class
 
 
 class TrainState(struct.PyTreeNode):
@@ -37,9 +36,8 @@ def new_model(config, seed: int | None = None) -> Transformer:
   """A freshly initialised model of `config` (seed: `config.seed` unless given): a
   Transformer, or for a PLT variant its looped subclass."""
   spec = config_lib.phd_spec(config)
-  model_class = PLTTransformer if isinstance(spec, PLTSpec) else Transformer
-  return model_class(config_lib.model_config(config), spec,
-                     rngs=nnx.Rngs(params=config.seed if seed is None else seed))
+  return model_class(spec)(config_lib.model_config(config), spec,
+                           rngs=nnx.Rngs(params=config.seed if seed is None else seed))
 
 
 def _init_fn(config, tx):
