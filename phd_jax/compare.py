@@ -4,7 +4,8 @@
       [--baseline=Vanilla] [--x=tokens,train_flops,setting:NAME] [--context=2048]
 
 Each DIR is a run's workdir or any folder above runs (a sweep's workdir): every folder
-holding a `metrics.jsonl`, `config.json` or `sweep_status.json` is a run. Runs are grouped
+holding a `metrics.jsonl`, `config.json` or `sweep_status.json` is a run (links followed:
+a run reached twice, by a link or through two DIRs, counts once). Runs are grouped
 by variant: the sweep's variant spec (`sweep_status.json`, e.g. `PHD-2@num_steps=800`),
 else the parent folder of `seed<N>` folders, else the config's `phd.variant`. Everything
 reported comes from the runs' files: `metrics.jsonl` (held-out loss and bits per byte at

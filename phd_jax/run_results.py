@@ -67,14 +67,21 @@ class RunResult:
 
 
 def find_runs(paths) -> list[str]:
-  """Every run folder under (or equal to) the given paths, sorted."""
-  found = set()
+  """Every run folder under (or equal to) the given paths, sorted. Links are followed (a
+  sweep may link runs it shares with another sweep, e.g. its Vanilla), and a folder reached
+  twice, through a link or through two of `paths`, is one run under the first name met."""
+  found, seen = [], set()
   for path in paths:
     if not os.path.isdir(path):
       raise ValueError(f"no such directory: {path}")
-    for root, dirs, files in os.walk(path):
+    for root, dirs, files in os.walk(path, followlinks=True):
+      real = os.path.realpath(root)
+      if real in seen:  # met before: also what stops a link that points above itself
+        dirs[:] = []
+        continue
+      seen.add(real)
       if any(f in files for f in RUN_FILES):
-        found.add(os.path.normpath(root))
+        found.append(os.path.normpath(root))
         dirs[:] = []  # checkpoints and profiles below a run are not runs
       else:
         dirs.sort()

@@ -149,6 +149,23 @@ def test_no_runs_is_an_error(tmp_path, capsys):
   assert "no such directory" in capsys.readouterr().err
 
 
+def test_runs_a_sweep_links_from_another_are_found_once(tmp_path):
+  shared = str(tmp_path / "frontier")
+  vanilla = write_run(shared, "Vanilla", evals=[(4, 2.5, 3.6)], status="done")
+  wide = write_run(shared, "Wide", evals=[(4, 2.3, 3.3)], status="done")
+  loops = tmp_path / "loops"
+  plt_run = write_run(str(loops), "PLT-2-4", variant="PLT-2-4", evals=[(4, 2.6, 3.7)])
+  os.symlink("../frontier/Vanilla", loops / "Vanilla")
+  os.symlink("..", loops / "up")  # a link above itself is walked once, not forever
+  assert run_results.find_runs([str(loops)]) == sorted(
+      [plt_run, str(loops / "Vanilla" / "seed0"), os.path.join(loops, "up", "frontier", "Wide",
+                                                                 "seed0")])
+  # both sweeps named: the linked Vanilla is one run, under the name met first
+  assert run_results.find_runs([shared, str(loops)]) == sorted([vanilla, wide, plt_run])
+  (md, *_), _ = compare.write_report([str(loops)], str(tmp_path / "out"), "loops")
+  assert row(open(md).read(), "Vanilla")[2] == "1/1"
+
+
 @pytest.mark.slow
 def test_damaged_runs_are_named_and_the_rest_reported(tmp_path):
   """A cut config.json and an empty sweep_status.json: each run is named with its file and
